@@ -1,0 +1,8 @@
+//! Inter-node wire types of realtime: every value that crosses the QUIC bus between nodes.
+//!
+//! No tokio and no imports from the server crate. Enum variants are only ever appended (bincode
+//! encodes the variant index) and every change bumps [`PROTOCOL_VERSION`]; the bus handshake
+//! settles on the lower version both peers speak.
+
+/// Version of the inter-node protocol this build speaks (added in 0.1.0).
+pub const PROTOCOL_VERSION: u16 = 1;

@@ -1,0 +1,18 @@
+//! realtime: a Supabase Realtime-compatible server, rebuilt in Rust as a clustered node.
+//!
+//! # Module map (layers, lowest first; imports point down only)
+//! - L0 base: [`types`] (ids), [`error`] (operational `ErrorCode`), [`config`] (typed `Config`
+//!   from the environment), [`telemetry`] (logging).
+//! - L2 outside world: `db` (metadata Postgres pool and `_realtime` migrations), `tenants`
+//!   (tenant records, encrypted secrets, cache, self-host seed), `auth` (JWT verification).
+//! - L6 edges: `api` (axum: tenants API, health).
+//! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown.
+//!
+//! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
+
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod telemetry;
+pub mod tenants;
+pub mod types;

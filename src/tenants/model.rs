@@ -1,0 +1,80 @@
+//! The tenant record as the rest of the node sees it.
+
+use chrono::NaiveDateTime;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::config::Secret;
+use crate::types::TenantId;
+
+/// Extension type of Postgres Changes with RLS (the only one the original still has).
+pub const POSTGRES_CDC_RLS: &str = "postgres_cdc_rls";
+
+/// One tenant, with its secrets decrypted and its limits resolved.
+#[derive(Clone, Debug)]
+pub struct Tenant {
+    /// Primary key in `_realtime.tenants`.
+    pub id: Uuid,
+    /// `external_id`: the Host subdomain clients connect with.
+    pub external_id: TenantId,
+    /// Display name.
+    pub name: String,
+    /// HS* signing secret of client JWTs (decrypted).
+    pub jwt_secret: Option<Secret>,
+    /// JWKS (`{"keys":[...]}`) for asymmetric client JWTs and `kid`-selected HS keys.
+    pub jwt_jwks: Option<Value>,
+    /// `postgres_cdc_default`.
+    pub postgres_cdc_default: String,
+    /// Per-tenant limits.
+    pub limits: TenantLimits,
+    /// Presence forced on for every join.
+    pub presence_enabled: bool,
+    /// Public joins refused.
+    pub private_only: bool,
+    /// Connections, joins and HTTP broadcasts refused.
+    pub suspend: bool,
+    /// Tenant migrations applied on the tenant database.
+    pub migrations_ran: i32,
+    /// Extensions (Postgres Changes settings), with settings as stored (DB fields encrypted).
+    pub extensions: Vec<Extension>,
+    /// Creation time (UTC).
+    pub inserted_at: NaiveDateTime,
+    /// Last update time (UTC).
+    pub updated_at: NaiveDateTime,
+}
+
+/// Per-tenant limits (PROTOCOL.md 11.1 and 12.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// `max_concurrent_users`
+    pub max_concurrent_users: u32,
+    /// `max_events_per_second`
+    pub max_events_per_second: u32,
+    /// `max_bytes_per_second` (stored and returned; the original enforces it nowhere)
+    pub max_bytes_per_second: u32,
+    /// `max_channels_per_client`
+    pub max_channels_per_client: u32,
+    /// `max_joins_per_second`
+    pub max_joins_per_second: u32,
+    /// `max_presence_events_per_second`
+    pub max_presence_events_per_second: u32,
+    /// `max_payload_size_in_kb`
+    pub max_payload_size_in_kb: u32,
+    /// `max_client_presence_events_per_window` (null = node default)
+    pub max_client_presence_events_per_window: Option<u32>,
+    /// `client_presence_window_ms` (null = node default)
+    pub client_presence_window_ms: Option<u32>,
+}
+
+/// One row of `_realtime.extensions`.
+#[derive(Clone, Debug)]
+pub struct Extension {
+    /// `type`, e.g. [`POSTGRES_CDC_RLS`].
+    pub kind: String,
+    /// `settings` as stored: `db_host`, `db_port`, `db_name`, `db_user`, `db_password` encrypted.
+    pub settings: Map<String, Value>,
+    /// Creation time (UTC).
+    pub inserted_at: NaiveDateTime,
+    /// Last update time (UTC).
+    pub updated_at: NaiveDateTime,
+}
