@@ -13,6 +13,7 @@
 pub mod app;
 pub mod config;
 pub mod error;
+pub mod phoenix;
 pub mod telemetry;
 pub mod tenants;
 pub mod types;
