@@ -11,6 +11,7 @@
 //! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod phoenix;
