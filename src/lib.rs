@@ -14,6 +14,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod hub;
 pub mod phoenix;
 pub mod telemetry;
 pub mod tenants;
