@@ -12,6 +12,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod broadcast;
 pub mod config;
 pub mod error;
 pub mod hub;
