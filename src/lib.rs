@@ -3,6 +3,8 @@
 //! # Module map (layers, lowest first; imports point down only)
 //! - L0 base: [`types`] (ids), [`error`] (operational `ErrorCode`), [`config`] (typed `Config`
 //!   from the environment), [`telemetry`] (logging).
+//! - L1 pure logic: [`limits`] (per-tenant rate counters, token buckets, client presence window;
+//!   the clock is an argument).
 //! - L2 outside world: `db` (metadata Postgres pool and `_realtime` migrations), `tenants`
 //!   (tenant records, encrypted secrets, cache, self-host seed), `auth` (JWT verification).
 //! - L6 edges: `api` (axum: tenants API, health).
@@ -16,6 +18,7 @@ pub mod broadcast;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod phoenix;
 pub mod telemetry;
 pub mod tenants;
