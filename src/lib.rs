@@ -10,8 +10,11 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
 
+pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod telemetry;
 pub mod tenants;
