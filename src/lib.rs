@@ -12,11 +12,13 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod broadcast;
 pub mod channel;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod hub;
 pub mod limits;

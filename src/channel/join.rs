@@ -57,7 +57,11 @@ fn flag(value: Option<&Value>, path: &'static str, invalid: &mut Vec<&'static st
     }
 }
 
-fn object<'a>(value: Option<&'a Value>, path: &'static str, invalid: &mut Vec<&'static str>) -> Option<&'a Map<String, Value>> {
+fn object<'a>(
+    value: Option<&'a Value>,
+    path: &'static str,
+    invalid: &mut Vec<&'static str>,
+) -> Option<&'a Map<String, Value>> {
     match value {
         None | Some(Value::Null) => None,
         Some(Value::Object(map)) => Some(map),
@@ -99,17 +103,24 @@ impl JoinConfig {
             .into_iter()
             .flatten()
             .find_map(|v| v.as_str().map(str::to_string));
-        let Some(raw_config) = shape.config else { return out };
+        let Some(raw_config) = shape.config else {
+            return out;
+        };
         out.has_config = true;
         let config: Value = serde_json::from_str(raw_config.get()).unwrap_or(Value::Null);
         let invalid = &mut out.invalid;
-        let Some(config) = object(Some(&config), "config", invalid) else { return out };
+        let Some(config) = object(Some(&config), "config", invalid) else {
+            return out;
+        };
         out.private = flag(config.get("private"), "config.private", invalid);
         if let Some(broadcast) = object(config.get("broadcast"), "config.broadcast", invalid) {
             out.broadcast_self = flag(broadcast.get("self"), "config.broadcast.self", invalid);
             out.broadcast_ack = flag(broadcast.get("ack"), "config.broadcast.ack", invalid);
-            out.replication_ready =
-                flag(broadcast.get("replication_ready"), "config.broadcast.replication_ready", invalid);
+            out.replication_ready = flag(
+                broadcast.get("replication_ready"),
+                "config.broadcast.replication_ready",
+                invalid,
+            );
             out.replay = match broadcast.get("replay") {
                 None | Some(Value::Null) => None,
                 Some(Value::Object(r)) => Some(replay(r)),
@@ -117,7 +128,8 @@ impl JoinConfig {
             };
         }
         if let Some(presence) = object(config.get("presence"), "config.presence", invalid) {
-            out.presence_enabled = flag(presence.get("enabled"), "config.presence.enabled", invalid);
+            out.presence_enabled =
+                flag(presence.get("enabled"), "config.presence.enabled", invalid);
             out.presence_key = match presence.get("key") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) if s.is_empty() => None,
@@ -133,7 +145,12 @@ impl JoinConfig {
         }
         match serde_json::from_str::<Changes<'_>>(raw_config.get()) {
             Ok(changes) => {
-                for entry in changes.postgres_changes.unwrap_or_default().into_iter().flatten() {
+                for entry in changes
+                    .postgres_changes
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                {
                     if entry.get().trim_start().starts_with('{') {
                         out.postgres_changes.push(entry.to_owned());
                     } else {
@@ -202,7 +219,9 @@ mod tests {
 
     #[test]
     fn string_flags_and_wrong_types() {
-        let c = JoinConfig::parse(r#"{"config":{"private":"TRUE","broadcast":{"ack":"yes","self":"False"},"presence":7}}"#);
+        let c = JoinConfig::parse(
+            r#"{"config":{"private":"TRUE","broadcast":{"ack":"yes","self":"False"},"presence":7}}"#,
+        );
         assert!(c.private);
         assert!(!c.broadcast_ack);
         assert!(!c.broadcast_self);
@@ -215,8 +234,15 @@ mod tests {
 
     #[test]
     fn replay_params() {
-        let c = JoinConfig::parse(r#"{"config":{"broadcast":{"replay":{"since":1000,"limit":99}}}}"#);
-        assert_eq!(c.replay, Some(Ok(ReplayConfig { since: 1000, limit: 25 })));
+        let c =
+            JoinConfig::parse(r#"{"config":{"broadcast":{"replay":{"since":1000,"limit":99}}}}"#);
+        assert_eq!(
+            c.replay,
+            Some(Ok(ReplayConfig {
+                since: 1000,
+                limit: 25
+            }))
+        );
         let c = JoinConfig::parse(r#"{"config":{"broadcast":{"replay":{"limit":3}}}}"#);
         assert_eq!(c.replay, Some(Err(())));
     }

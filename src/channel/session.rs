@@ -75,7 +75,11 @@ struct Refusal {
 
 impl Refusal {
     fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into(), close: false }
+        Refusal {
+            code,
+            message: message.into(),
+            close: false,
+        }
     }
 
     fn from_error(err: &impl OperationalError) -> Refusal {
@@ -88,7 +92,9 @@ impl Refusal {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn expiry_instant(exp: i64, now: i64) -> Instant {
@@ -143,12 +149,32 @@ impl Session {
         self.channels.len()
     }
 
-    fn reply(&self, out: &mut Vec<Frame>, join_ref: Option<&str>, reference: Option<&str>, topic: &str, status: &str, response: &str) {
-        out.push(Frame::text(phoenix::encode_reply(self.vsn, join_ref, reference, topic, status, response)));
+    fn reply(
+        &self,
+        out: &mut Vec<Frame>,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        status: &str,
+        response: &str,
+    ) {
+        out.push(Frame::text(phoenix::encode_reply(
+            self.vsn, join_ref, reference, topic, status, response,
+        )));
     }
 
-    fn push(&self, out: &mut Vec<Frame>, join_ref: Option<&str>, reference: Option<&str>, topic: &str, event: &str, payload: &str) {
-        out.push(Frame::text(phoenix::encode_message(self.vsn, join_ref, reference, topic, event, payload)));
+    fn push(
+        &self,
+        out: &mut Vec<Frame>,
+        join_ref: Option<&str>,
+        reference: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: &str,
+    ) {
+        out.push(Frame::text(phoenix::encode_message(
+            self.vsn, join_ref, reference, topic, event, payload,
+        )));
     }
 
     /// Handles one decoded client frame, appending the frames to write now to `out`.
@@ -170,15 +196,33 @@ impl Session {
                 SessionControl::Continue
             }
             _ => {
-                self.reply(out, None, msg.reference.as_deref(), &msg.topic, "error", r#"{"reason":"unmatched topic"}"#);
+                self.reply(
+                    out,
+                    None,
+                    msg.reference.as_deref(),
+                    &msg.topic,
+                    "error",
+                    r#"{"reason":"unmatched topic"}"#,
+                );
                 SessionControl::Continue
             }
         }
     }
 
     async fn join(&mut self, msg: Inbound, out: &mut Vec<Frame>) -> SessionControl {
-        let Some(sub_topic) = msg.topic.strip_prefix(phoenix::TOPIC_PREFIX).map(str::to_string) else {
-            self.reply(out, None, msg.reference.as_deref(), &msg.topic, "error", r#"{"reason":"unmatched topic"}"#);
+        let Some(sub_topic) = msg
+            .topic
+            .strip_prefix(phoenix::TOPIC_PREFIX)
+            .map(str::to_string)
+        else {
+            self.reply(
+                out,
+                None,
+                msg.reference.as_deref(),
+                &msg.topic,
+                "error",
+                r#"{"reason":"unmatched topic"}"#,
+            );
             return SessionControl::Continue;
         };
         let payload = match &msg.payload {
@@ -193,23 +237,53 @@ impl Session {
         // Joining a topic that is already joined replaces the old channel.
         if let Some(old) = self.channels.remove(&msg.topic) {
             self.drop_channel(&old);
-            self.push(out, old.join_ref.as_deref(), old.join_ref.as_deref(), &msg.topic, phoenix::EVENT_CLOSE, "{}");
+            self.push(
+                out,
+                old.join_ref.as_deref(),
+                old.join_ref.as_deref(),
+                &msg.topic,
+                phoenix::EVENT_CLOSE,
+                "{}",
+            );
         }
         match self.admit_join(&sub_topic, &config).await {
             Ok((token, claims)) => {
                 let slot = self.next_slot;
                 self.next_slot = self.next_slot.wrapping_add(1).max(1);
-                let room = RoomKey { tenant: self.tenant.external_id.clone(), private: config.private, sub_topic: sub_topic.into() };
+                let room = RoomKey {
+                    tenant: self.tenant.external_id.clone(),
+                    private: config.private,
+                    sub_topic: sub_topic.into(),
+                };
                 self.ctx.hub.subscribe(
                     room.clone(),
-                    Subscriber { conn: self.conn, slot, vsn: self.vsn, outbox: self.outbox.clone() },
+                    Subscriber {
+                        conn: self.conn,
+                        slot,
+                        vsn: self.vsn,
+                        outbox: self.outbox.clone(),
+                    },
                 );
                 let expires_at = expiry_instant(claims.exp, unix_now());
                 self.topics_by_slot.insert(slot, msg.topic.clone());
                 let response = join_reply_response(&config.postgres_changes);
-                self.reply(out, msg.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, "ok", &response);
+                self.reply(
+                    out,
+                    msg.join_ref.as_deref(),
+                    msg.reference.as_deref(),
+                    &msg.topic,
+                    "ok",
+                    &response,
+                );
                 if config.presence_enabled || self.tenant.presence_enabled {
-                    self.push(out, msg.join_ref.as_deref(), None, &msg.topic, phoenix::EVENT_PRESENCE_STATE, "{}");
+                    self.push(
+                        out,
+                        msg.join_ref.as_deref(),
+                        None,
+                        &msg.topic,
+                        phoenix::EVENT_PRESENCE_STATE,
+                        "{}",
+                    );
                 }
                 tracing::debug!(tenant = %self.tenant.external_id, topic = %msg.topic, conn = %self.conn, "channel joined");
                 self.channels.insert(
@@ -249,7 +323,10 @@ impl Session {
                     tokio::time::sleep(delay).await;
                     outbox.push(Outbound::Direct(frame));
                     if close {
-                        outbox.push(Outbound::Close { code: CLOSE_GOING_AWAY, reason: "join refused" });
+                        outbox.push(Outbound::Close {
+                            code: CLOSE_GOING_AWAY,
+                            reason: "join refused",
+                        });
                     }
                 });
                 SessionControl::Continue
@@ -258,12 +335,22 @@ impl Session {
     }
 
     /// The join pipeline of PROTOCOL.md 3.2, first failure wins.
-    async fn admit_join(&mut self, sub_topic: &str, config: &JoinConfig) -> Result<(String, Claims), Refusal> {
+    async fn admit_join(
+        &mut self,
+        sub_topic: &str,
+        config: &JoinConfig,
+    ) -> Result<(String, Claims), Refusal> {
         if sub_topic.is_empty() {
-            return Err(Refusal::new(ErrorCode::TopicNameRequired, "You must provide a topic name"));
+            return Err(Refusal::new(
+                ErrorCode::TopicNameRequired,
+                "You must provide a topic name",
+            ));
         }
         if self.ctx.draining.load(Ordering::Relaxed) {
-            return Err(Refusal::new(ErrorCode::RealtimeRestarting, "Realtime is restarting, please standby"));
+            return Err(Refusal::new(
+                ErrorCode::RealtimeRestarting,
+                "Realtime is restarting, please standby",
+            ));
         }
         match self.ctx.tenants.get(&self.tenant.external_id).await {
             Ok(Some(tenant)) => self.tenant = tenant,
@@ -276,21 +363,39 @@ impl Session {
             }
             Err(err) => {
                 tracing::error!(error_code = %err.code(), error = %err, tenant = %self.tenant.external_id, "tenant lookup failed at join");
-                return Err(Refusal::new(ErrorCode::UnknownErrorOnChannel, "Unable to load the tenant"));
+                return Err(Refusal::new(
+                    ErrorCode::UnknownErrorOnChannel,
+                    "Unable to load the tenant",
+                ));
             }
         }
         let tenant = self.tenant.clone();
         if tenant.suspend {
-            return Err(Refusal::new(ErrorCode::RealtimeDisabledForTenant, "Realtime disabled for this tenant"));
+            return Err(Refusal::new(
+                ErrorCode::RealtimeDisabledForTenant,
+                "Realtime disabled for this tenant",
+            ));
         }
         if tenant.private_only && !config.private {
-            return Err(Refusal::new(ErrorCode::PrivateOnly, "This project only allows private channels"));
+            return Err(Refusal::new(
+                ErrorCode::PrivateOnly,
+                "This project only allows private channels",
+            ));
         }
-        if let Err(err) = self.limiter.check_join(&tenant.limits, std::time::Instant::now()) {
-            return Err(Refusal { close: true, ..Refusal::from_error(&err) });
+        if let Err(err) = self
+            .limiter
+            .check_join(&tenant.limits, std::time::Instant::now())
+        {
+            return Err(Refusal {
+                close: true,
+                ..Refusal::from_error(&err)
+            });
         }
         if self.channels.len() >= tenant.limits.max_channels_per_client as usize {
-            return Err(Refusal::new(ErrorCode::ChannelRateLimitReached, "Too many channels"));
+            return Err(Refusal::new(
+                ErrorCode::ChannelRateLimitReached,
+                "Too many channels",
+            ));
         }
         let token = match &config.token {
             Some(t) if !t.starts_with("sb_") => t.clone(),
@@ -306,14 +411,20 @@ impl Session {
         match &config.replay {
             None => {}
             Some(_) => {
-                return Err(Refusal::new(ErrorCode::UnableToReplayMessages, "Replay is not allowed for public channels"));
+                return Err(Refusal::new(
+                    ErrorCode::UnableToReplayMessages,
+                    "Replay is not allowed for public channels",
+                ));
             }
         }
         Ok((token, claims))
     }
 
     fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let keys = TenantKeys { jwt_secret: self.tenant.jwt_secret.as_ref(), jwks: self.tenant.jwt_jwks.as_ref() };
+        let keys = TenantKeys {
+            jwt_secret: self.tenant.jwt_secret.as_ref(),
+            jwks: self.tenant.jwt_jwks.as_ref(),
+        };
         verify_client_token(token, keys, &self.ctx.claim_validators, unix_now())
     }
 
@@ -322,21 +433,46 @@ impl Session {
             Some(channel) => {
                 self.drop_channel(&channel);
                 let join_ref = channel.join_ref.as_deref();
-                self.reply(out, join_ref, msg.reference.as_deref(), &msg.topic, "ok", "{}");
-                self.push(out, join_ref, join_ref, &msg.topic, phoenix::EVENT_CLOSE, "{}");
+                self.reply(
+                    out,
+                    join_ref,
+                    msg.reference.as_deref(),
+                    &msg.topic,
+                    "ok",
+                    "{}",
+                );
+                self.push(
+                    out,
+                    join_ref,
+                    join_ref,
+                    &msg.topic,
+                    phoenix::EVENT_CLOSE,
+                    "{}",
+                );
             }
-            None => self.reply(out, msg.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, "ok", "{}"),
+            None => self.reply(
+                out,
+                msg.join_ref.as_deref(),
+                msg.reference.as_deref(),
+                &msg.topic,
+                "ok",
+                "{}",
+            ),
         }
     }
 
     fn drop_channel(&mut self, channel: &Joined) {
-        self.ctx.hub.unsubscribe(&channel.room, self.conn, channel.slot);
+        self.ctx
+            .hub
+            .unsubscribe(&channel.room, self.conn, channel.slot);
         self.topics_by_slot.remove(&channel.slot);
     }
 
     /// Ends a channel from the server side: `system` error with `message`, then `phx_close`.
     fn shutdown(&mut self, topic: &str, code: ErrorCode, message: &str, out: &mut Vec<Frame>) {
-        let Some(channel) = self.channels.remove(topic) else { return };
+        let Some(channel) = self.channels.remove(topic) else {
+            return;
+        };
         self.drop_channel(&channel);
         tracing::info!(error_code = %code, tenant = %self.tenant.external_id, topic, reason = message, "channel shutdown");
         let payload = format!(
@@ -355,9 +491,11 @@ impl Session {
             phoenix::EVENT_BROADCAST => self.broadcast_push(msg, out, now),
             phoenix::EVENT_ACCESS_TOKEN => {
                 let token = match &msg.payload {
-                    InboundPayload::Json(raw) => serde_json::from_str::<Map<String, Value>>(raw.get())
-                        .ok()
-                        .and_then(|m| m.get("access_token").cloned()),
+                    InboundPayload::Json(raw) => {
+                        serde_json::from_str::<Map<String, Value>>(raw.get())
+                            .ok()
+                            .and_then(|m| m.get("access_token").cloned())
+                    }
                     InboundPayload::UserBroadcast(_) => None,
                 };
                 match token {
@@ -370,9 +508,18 @@ impl Session {
                 let channel = &self.channels[&msg.topic];
                 let response = format!(
                     "{{\"reason\":{}}}",
-                    json_string("UnableToHandlePresence: Presence is not available on this server yet")
+                    json_string(
+                        "UnableToHandlePresence: Presence is not available on this server yet"
+                    )
                 );
-                self.reply(out, channel.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, "error", &response);
+                self.reply(
+                    out,
+                    channel.join_ref.as_deref(),
+                    msg.reference.as_deref(),
+                    &msg.topic,
+                    "error",
+                    &response,
+                );
             }
             _ => self.limiter.add_channel_events(1, now),
         }
@@ -392,7 +539,10 @@ impl Session {
                         topic = %msg.topic, "broadcast payload is not a JSON object; dropped");
                     return;
                 }
-                FanoutMessage::Json { event: phoenix::EVENT_BROADCAST, payload: Arc::from(raw.get()) }
+                FanoutMessage::Json {
+                    event: phoenix::EVENT_BROADCAST,
+                    payload: Arc::from(raw.get()),
+                }
             }
         };
         let max = self.tenant.limits.max_payload_size_in_kb as usize * 1000;
@@ -400,15 +550,35 @@ impl Session {
             tracing::info!(error_code = %ErrorCode::PayloadSizeExceeded, tenant = %self.tenant.external_id,
                 topic = %msg.topic, size = message.payload_len(), "broadcast payload too large");
             if channel.broadcast_ack {
-                self.reply(out, channel.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, "error", r#""payload_size_exceeded""#);
+                self.reply(
+                    out,
+                    channel.join_ref.as_deref(),
+                    msg.reference.as_deref(),
+                    &msg.topic,
+                    "error",
+                    r#""payload_size_exceeded""#,
+                );
             }
             return;
         }
-        let exclude = (!channel.broadcast_self).then_some(Origin { conn: self.conn, slot: channel.slot });
-        let delivered = self.ctx.broadcaster.publish(&channel.room, &message, exclude);
+        let exclude = (!channel.broadcast_self).then_some(Origin {
+            conn: self.conn,
+            slot: channel.slot,
+        });
+        let delivered = self
+            .ctx
+            .broadcaster
+            .publish(&channel.room, &message, exclude);
         self.limiter.add_channel_events(1 + delivered as u64, now);
         if channel.broadcast_ack {
-            self.reply(out, channel.join_ref.as_deref(), msg.reference.as_deref(), &msg.topic, "ok", "{}");
+            self.reply(
+                out,
+                channel.join_ref.as_deref(),
+                msg.reference.as_deref(),
+                &msg.topic,
+                "ok",
+                "{}",
+            );
         }
     }
 
@@ -435,7 +605,9 @@ impl Session {
 
     /// Writes a fan-out frame for the channel in `slot` (dropped when that channel is gone).
     pub fn fanout(&mut self, slot: ChannelSlot, frame: Frame, out: &mut Vec<Frame>) {
-        let Some(topic) = self.topics_by_slot.get(&slot) else { return };
+        let Some(topic) = self.topics_by_slot.get(&slot) else {
+            return;
+        };
         if let Some(channel) = self.channels.get_mut(topic) {
             channel.delivered_in_batch = true;
             out.push(frame);
@@ -448,14 +620,18 @@ impl Session {
         let delivered: Vec<String> = self
             .channels
             .iter_mut()
-            .filter(|(_, c)| std::mem::take(&mut c.delivered_in_batch))
-            .map(|(t, _)| t.clone())
+            .filter_map(|(t, c)| std::mem::take(&mut c.delivered_in_batch).then(|| t.clone()))
             .collect();
         if delivered.is_empty() {
             return;
         }
-        if let Err(err) = self.limiter.check_channel_events(&self.tenant.limits, std::time::Instant::now()) {
-            let LimitExceeded::ChannelEvents { .. } = err else { return };
+        if let Err(err) = self
+            .limiter
+            .check_channel_events(&self.tenant.limits, std::time::Instant::now())
+        {
+            let LimitExceeded::ChannelEvents { .. } = err else {
+                return;
+            };
             for topic in delivered {
                 self.shutdown(&topic, err.code(), err.client_text(), out);
             }
@@ -478,26 +654,35 @@ impl Session {
             .map(|(t, c)| (t.clone(), c.claims.exp))
             .collect();
         for (topic, exp) in expired {
-            let message = TokenError::Expired { seconds_ago: (unix - exp).max(0) }.client_message();
+            let message = TokenError::Expired {
+                seconds_ago: (unix - exp).max(0),
+            }
+            .client_message();
             self.shutdown(&topic, ErrorCode::InvalidJWTToken, &message, out);
         }
     }
 
     /// Tells every channel the server requested a disconnect; the socket then closes (1012).
     pub fn tenant_disconnect(&mut self, out: &mut Vec<Frame>) -> SessionControl {
-        let payload = r#"{"extension":"system","status":"ok","message":"Server requested disconnect"}"#;
+        let payload =
+            r#"{"extension":"system","status":"ok","message":"Server requested disconnect"}"#;
         let topics: Vec<String> = self.channels.keys().cloned().collect();
         for topic in topics {
             self.push(out, None, None, &topic, phoenix::EVENT_SYSTEM, payload);
         }
-        SessionControl::Close { code: CLOSE_SERVICE_RESTART, reason: "server requested disconnect" }
+        SessionControl::Close {
+            code: CLOSE_SERVICE_RESTART,
+            reason: "server requested disconnect",
+        }
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         for channel in self.channels.values() {
-            self.ctx.hub.unsubscribe(&channel.room, self.conn, channel.slot);
+            self.ctx
+                .hub
+                .unsubscribe(&channel.room, self.conn, channel.slot);
         }
     }
 }
