@@ -192,7 +192,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         tokio::spawn(disconnect_on_tenant_changes(tenants.clone(), hub.clone())),
         tokio::spawn(sweep_idle_limits(limits.clone())),
     ];
+    let broadcast_api = Arc::new(api::BroadcastApi {
+        tenants: tenants.clone(),
+        broadcaster: broadcaster.clone(),
+        limits: limits.clone(),
+        claim_validators: config.api.jwt_claim_validators.clone(),
+        fallback_tenant: config.transport.fallback_tenant.as_deref().map(crate::types::TenantId::from),
+        body_limit: config.http.max_body_bytes,
+    });
     let router = api::router(state)
+        .merge(api::broadcast_routes(broadcast_api))
         .merge(transport::router(transport))
         .layer(axum::middleware::from_fn_with_state(
             config.http.max_header_length,

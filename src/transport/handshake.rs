@@ -40,7 +40,7 @@ impl Refusal {
 }
 
 /// Returns the first DNS label of a Host header value (`abcd.supabase.co:443` → `abcd`).
-pub(crate) fn tenant_from_host(host: &str) -> &str {
+pub fn tenant_from_host(host: &str) -> &str {
     let without_port = match host.rsplit_once(':') {
         Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,

@@ -16,6 +16,8 @@
 mod handshake;
 mod socket;
 
+pub use handshake::tenant_from_host;
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
