@@ -197,7 +197,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         broadcaster: broadcaster.clone(),
         limits: limits.clone(),
         claim_validators: config.api.jwt_claim_validators.clone(),
-        fallback_tenant: config.transport.fallback_tenant.as_deref().map(crate::types::TenantId::from),
+        fallback_tenant: config
+            .transport
+            .fallback_tenant
+            .as_deref()
+            .map(crate::types::TenantId::from),
         body_limit: config.http.max_body_bytes,
     });
     let router = api::router(state)
@@ -243,7 +247,10 @@ async fn disconnect_on_tenant_changes(tenants: Tenants, hub: Arc<Hub>) {
     loop {
         match events.recv().await {
             Ok(event) => {
-                if matches!(event.change, TenantChange::Updated | TenantChange::Deleted | TenantChange::Reloaded) {
+                if matches!(
+                    event.change,
+                    TenantChange::Updated | TenantChange::Deleted | TenantChange::Reloaded
+                ) {
                     let n = hub.disconnect_tenant(&event.tenant);
                     tracing::info!(tenant = %event.tenant, change = ?event.change, sockets = n, "tenant changed; disconnecting its sockets");
                 }

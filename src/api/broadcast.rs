@@ -79,12 +79,18 @@ fn with_rate_headers(mut response: Response, tenant: &Tenant, rate: f64) -> Resp
     };
     set("x-rate-rolling", format!("{rate:.1}"));
     set("x-rate-limit", limit.to_string());
-    set("x-rate-limit-remaining", (f64::from(limit) - rate).max(0.0).floor().to_string());
+    set(
+        "x-rate-limit-remaining",
+        (f64::from(limit) - rate).max(0.0).floor().to_string(),
+    );
     response
 }
 
 fn bearer_or_apikey(headers: &HeaderMap) -> Result<Option<String>, ()> {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let parts: Vec<&str> = auth.split(' ').collect();
     if parts.len() == 2 && parts[0].eq_ignore_ascii_case("bearer") && !parts[1].is_empty() {
         return Ok(Some(parts[1].to_string()));
@@ -92,12 +98,18 @@ fn bearer_or_apikey(headers: &HeaderMap) -> Result<Option<String>, ()> {
     if !auth.is_empty() && parts.len() != 2 {
         return Err(());
     }
-    Ok(headers.get("apikey").and_then(|v| v.to_str().ok()).map(str::to_string))
+    Ok(headers
+        .get("apikey")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string))
 }
 
 /// Tenant from Host (or the fallback), rate check, then JWT: the pipeline before both endpoints.
 async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Response> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
     let label = crate::transport::tenant_from_host(host);
     let mut tenant = None;
     for id in std::iter::once(TenantId::from(label)).chain(api.fallback_tenant.clone()) {
@@ -109,12 +121,18 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Resp
             Ok(None) => {}
             Err(err) => {
                 tracing::error!(error_code = %err.code(), error = %err, "tenant lookup failed for an HTTP broadcast");
-                return Err(message(StatusCode::INTERNAL_SERVER_ERROR, "Unable to load the tenant"));
+                return Err(message(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Unable to load the tenant",
+                ));
             }
         }
     }
     let Some(tenant) = tenant else {
-        return Err(message(StatusCode::UNAUTHORIZED, "Tenant not found in database"));
+        return Err(message(
+            StatusCode::UNAUTHORIZED,
+            "Tenant not found in database",
+        ));
     };
     let now = std::time::Instant::now();
     let limiter = api.limits.tenant(&tenant.external_id, now);
@@ -129,18 +147,39 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Resp
             return Err(with_rate_headers(response, &tenant, rate));
         }
     };
-    let unauthorized = || with_rate_headers(message(StatusCode::UNAUTHORIZED, "Unauthorized"), &tenant, rate);
-    let token = bearer_or_apikey(headers).map_err(|()| unauthorized())?.ok_or_else(unauthorized)?;
-    let keys = TenantKeys { jwt_secret: tenant.jwt_secret.as_ref(), jwks: tenant.jwt_jwks.as_ref() };
-    let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let unauthorized = || {
+        with_rate_headers(
+            message(StatusCode::UNAUTHORIZED, "Unauthorized"),
+            &tenant,
+            rate,
+        )
+    };
+    let token = bearer_or_apikey(headers)
+        .map_err(|()| unauthorized())?
+        .ok_or_else(unauthorized)?;
+    let keys = TenantKeys {
+        jwt_secret: tenant.jwt_secret.as_ref(),
+        jwks: tenant.jwt_jwks.as_ref(),
+    };
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     if let Err(err) = verify_client_token(&token, keys, &api.claim_validators, unix) {
         tracing::info!(error_code = %err.code(), tenant = %tenant.external_id, "HTTP broadcast refused: {err}");
         return Err(unauthorized());
     }
     if tenant.suspend {
-        return Err(with_rate_headers(message(StatusCode::FORBIDDEN, "Tenant is suspended"), &tenant, rate));
+        return Err(with_rate_headers(
+            message(StatusCode::FORBIDDEN, "Tenant is suspended"),
+            &tenant,
+            rate,
+        ));
     }
-    Ok(Admitted { tenant, limiter, rate })
+    Ok(Admitted {
+        tenant,
+        limiter,
+        rate,
+    })
 }
 
 fn max_payload(tenant: &Tenant) -> usize {
@@ -148,7 +187,11 @@ fn max_payload(tenant: &Tenant) -> usize {
 }
 
 fn unprocessable(errors: Value) -> Response {
-    (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "errors": errors }))).into_response()
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({ "errors": errors })),
+    )
+        .into_response()
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -161,7 +204,11 @@ async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: B
         Ok(a) => a,
         Err(response) => return response,
     };
-    let Admitted { tenant, limiter, rate } = admitted;
+    let Admitted {
+        tenant,
+        limiter,
+        rate,
+    } = admitted;
     let respond = |r: Response| with_rate_headers(r, &tenant, rate);
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return respond(message(StatusCode::BAD_REQUEST, "malformed JSON body"));
@@ -175,10 +222,19 @@ async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: B
     for m in messages {
         let mut e = Map::new();
         let mut field = |name: &str, text: &str| {
-            e.entry(name.to_string()).or_insert_with(|| json!([])).as_array_mut().map(|a| a.push(json!(text)));
+            e.entry(name.to_string())
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .map(|a| a.push(json!(text)));
         };
-        let topic = m.get("topic").and_then(Value::as_str).filter(|s| !s.is_empty());
-        let event = m.get("event").and_then(Value::as_str).filter(|s| !s.is_empty());
+        let topic = m
+            .get("topic")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        let event = m
+            .get("event")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
         if topic.is_none() {
             field("topic", "can't be blank");
         }
@@ -250,8 +306,15 @@ async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: B
             envelope.push_str(&format!(r#","meta":{{"id":{}}}"#, Value::String(id)));
         }
         envelope.push('}');
-        let room = RoomKey { tenant: tenant.external_id.clone(), private, sub_topic: topic.into() };
-        let message = FanoutMessage::Json { event: crate::phoenix::EVENT_BROADCAST, payload: envelope.into() };
+        let room = RoomKey {
+            tenant: tenant.external_id.clone(),
+            private,
+            sub_topic: topic.into(),
+        };
+        let message = FanoutMessage::Json {
+            event: crate::phoenix::EVENT_BROADCAST,
+            payload: envelope.into(),
+        };
         deliveries += 1 + api.broadcaster.publish(&room, &message, None) as u64;
     }
     limiter.add_channel_events(deliveries, now);
@@ -271,9 +334,16 @@ async fn single(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|v| {
-        v.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
-    });
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     let encoding = match content_type.as_deref() {
         None => None,
         Some("application/json") => Some(PayloadEncoding::Json),
@@ -286,7 +356,11 @@ async fn single(
                 .into_response();
         }
     };
-    let Admitted { tenant, limiter, rate } = match admit(&api, &headers).await {
+    let Admitted {
+        tenant,
+        limiter,
+        rate,
+    } = match admit(&api, &headers).await {
         Ok(a) => a,
         Err(response) => return response,
     };
@@ -299,12 +373,17 @@ async fn single(
         }
         Some(PayloadEncoding::Json) => match serde_json::from_slice::<Value>(&body) {
             Ok(Value::Object(_)) => (PayloadEncoding::Json, body),
-            Ok(other) => (PayloadEncoding::Json, Bytes::from(json!({ "_json": other }).to_string())),
+            Ok(other) => (
+                PayloadEncoding::Json,
+                Bytes::from(json!({ "_json": other }).to_string()),
+            ),
             Err(_) => return respond(message(StatusCode::BAD_REQUEST, "malformed JSON body")),
         },
     };
     if payload.len() > max_payload(&tenant) {
-        return respond(unprocessable(json!({"payload": ["Payload size exceeds tenant limit"]})));
+        return respond(unprocessable(
+            json!({"payload": ["Payload size exceeds tenant limit"]}),
+        ));
     }
     let now = std::time::Instant::now();
     if let Err(err) = limiter.check_http_broadcast(&tenant.limits, now) {
@@ -314,8 +393,17 @@ async fn single(
     if private {
         return respond(message(StatusCode::FORBIDDEN, "Unauthorized"));
     }
-    let room = RoomKey { tenant: tenant.external_id.clone(), private, sub_topic: topic.into() };
-    let message = FanoutMessage::User(UserBroadcast { event, encoding, payload, metadata: None });
+    let room = RoomKey {
+        tenant: tenant.external_id.clone(),
+        private,
+        sub_topic: topic.into(),
+    };
+    let message = FanoutMessage::User(UserBroadcast {
+        event,
+        encoding,
+        payload,
+        metadata: None,
+    });
     let delivered = api.broadcaster.publish(&room, &message, None);
     limiter.add_channel_events(1 + delivered as u64, now);
     respond(StatusCode::ACCEPTED.into_response())
