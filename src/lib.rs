@@ -23,6 +23,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod phoenix;
+pub mod presence;
 pub mod telemetry;
 pub mod tenants;
 pub mod transport;

@@ -13,8 +13,9 @@ use crate::auth::{Claims, TenantKeys, TokenError, verify_client_token};
 use crate::broadcast::{Broadcaster, Origin};
 use crate::error::{ErrorCode, OperationalError};
 use crate::hub::{ChannelSlot, FanoutMessage, Frame, Hub, Outbound, Outbox, RoomKey, Subscriber};
-use crate::limits::{LimitExceeded, TenantLimiter};
+use crate::limits::{FixedWindow, LimitExceeded, Limits, TenantLimiter};
 use crate::phoenix::{self, Inbound, InboundPayload, Vsn};
+use crate::presence::Presence;
 use crate::tenants::{Tenant, Tenants};
 use crate::types::ConnId;
 
@@ -31,6 +32,8 @@ pub struct ChannelContext {
     pub hub: Arc<Hub>,
     /// The publish seam.
     pub broadcaster: Arc<Broadcaster>,
+    /// The presence tracker.
+    pub presence: Arc<Presence>,
     /// Delay before a join error reply (`CHANNEL_ERROR_BACKOFF_MS`).
     pub join_error_backoff: Duration,
     /// `JWT_CLAIM_VALIDATORS`.
@@ -64,6 +67,10 @@ struct Joined {
     broadcast_self: bool,
     broadcast_ack: bool,
     delivered_in_batch: bool,
+    /// `config.presence.key`, or a UUID generated for this join.
+    presence_key: Arc<str>,
+    /// The client presence window (PROTOCOL.md 5.4), per channel as in the original.
+    presence_window: FixedWindow,
 }
 
 /// A refused join: code, client message, and whether the socket closes after the reply.
@@ -275,19 +282,14 @@ impl Session {
                     "ok",
                     &response,
                 );
-                if config.presence_enabled || self.tenant.presence_enabled {
-                    self.push(
-                        out,
-                        msg.join_ref.as_deref(),
-                        None,
-                        &msg.topic,
-                        phoenix::EVENT_PRESENCE_STATE,
-                        "{}",
-                    );
-                }
                 tracing::debug!(tenant = %self.tenant.external_id, topic = %msg.topic, conn = %self.conn, "channel joined");
+                let presence_key = config
+                    .presence_key
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let presence_enabled = config.presence_enabled || self.tenant.presence_enabled;
                 self.channels.insert(
-                    msg.topic,
+                    msg.topic.clone(),
                     Joined {
                         join_ref: msg.join_ref,
                         slot,
@@ -298,8 +300,13 @@ impl Session {
                         broadcast_self: config.broadcast_self,
                         broadcast_ack: config.broadcast_ack,
                         delivered_in_batch: false,
+                        presence_key: presence_key.into(),
+                        presence_window: self.ctx.presence.client_window(&self.tenant.limits),
                     },
                 );
+                if presence_enabled {
+                    self.push_presence_state(&msg.topic, out);
+                }
                 SessionControl::Continue
             }
             Err(refusal) => {
@@ -465,6 +472,7 @@ impl Session {
         self.ctx
             .hub
             .unsubscribe(&channel.room, self.conn, channel.slot);
+        self.ctx.presence.untrack(self.conn, channel.slot);
         self.topics_by_slot.remove(&channel.slot);
     }
 
@@ -504,23 +512,7 @@ impl Session {
                     _ => self.limiter.add_channel_events(1, now),
                 }
             }
-            phoenix::EVENT_PRESENCE => {
-                let channel = &self.channels[&msg.topic];
-                let response = format!(
-                    "{{\"reason\":{}}}",
-                    json_string(
-                        "UnableToHandlePresence: Presence is not available on this server yet"
-                    )
-                );
-                self.reply(
-                    out,
-                    channel.join_ref.as_deref(),
-                    msg.reference.as_deref(),
-                    &msg.topic,
-                    "error",
-                    &response,
-                );
-            }
+            phoenix::EVENT_PRESENCE => self.presence_push(msg, out, now),
             _ => self.limiter.add_channel_events(1, now),
         }
     }
@@ -579,6 +571,104 @@ impl Session {
                 "ok",
                 "{}",
             );
+        }
+    }
+
+    /// Pushes `presence_state` after a join, or shuts the channel down when the tenant's
+    /// presence rate is exceeded (PROTOCOL.md 5.2, 5.4).
+    fn push_presence_state(&mut self, topic: &str, out: &mut Vec<Frame>) {
+        let now = std::time::Instant::now();
+        if let Err(err) = self.limiter.check_presence_event(&self.tenant.limits, now) {
+            self.shutdown(topic, err.code(), err.client_text(), out);
+            return;
+        }
+        let channel = &self.channels[topic];
+        let state = self.ctx.presence.state(&channel.room);
+        self.push(
+            out,
+            channel.join_ref.as_deref(),
+            None,
+            topic,
+            phoenix::EVENT_PRESENCE_STATE,
+            &state,
+        );
+    }
+
+    /// A `presence` push: `track` / `untrack` with the checks of PROTOCOL.md 5.1 and 5.4.
+    fn presence_push(&mut self, msg: Inbound, out: &mut Vec<Frame>, now: std::time::Instant) {
+        let raw = match &msg.payload {
+            InboundPayload::Json(raw) => raw.get(),
+            InboundPayload::UserBroadcast(_) => "{}",
+        };
+        let payload: Map<String, Value> = serde_json::from_str(raw).unwrap_or_default();
+        let topic = msg.topic.as_str();
+        let reference = msg.reference.as_deref();
+        let Some(channel) = self.channels.get_mut(topic) else {
+            return;
+        };
+        let join_ref = channel.join_ref.clone();
+        let Some(event) = payload.get("event") else {
+            self.reply(out, join_ref.as_deref(), reference, topic, "ok", "{}");
+            return;
+        };
+        if let Err(err) = Limits::check_client_presence(&mut channel.presence_window, now) {
+            self.shutdown(topic, err.code(), err.client_text(), out);
+            return;
+        }
+        let (room, key, slot) = (
+            channel.room.clone(),
+            channel.presence_key.clone(),
+            channel.slot,
+        );
+        match event.as_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("track") => {
+                let meta = match payload.get("payload") {
+                    None => Map::new(),
+                    Some(Value::Object(meta)) => meta.clone(),
+                    Some(_) => {
+                        tracing::info!(error_code = %ErrorCode::InvalidPresencePayload, tenant = %self.tenant.external_id,
+                            topic, "presence track payload is not a map");
+                        let response = format!(
+                            "{{\"reason\":{}}}",
+                            json_string("Presence track payload must be a map")
+                        );
+                        self.reply(
+                            out,
+                            join_ref.as_deref(),
+                            reference,
+                            topic,
+                            "error",
+                            &response,
+                        );
+                        return;
+                    }
+                };
+                let max = self.tenant.limits.max_payload_size_in_kb as usize * 1000;
+                if raw.len() > max {
+                    self.shutdown(
+                        topic,
+                        ErrorCode::PayloadSizeExceeded,
+                        "Track message size exceeded",
+                        out,
+                    );
+                    return;
+                }
+                if let Err(err) = self.limiter.check_presence_event(&self.tenant.limits, now) {
+                    self.shutdown(topic, err.code(), err.client_text(), out);
+                    return;
+                }
+                self.ctx.presence.track(&room, &key, &meta, self.conn, slot);
+                self.reply(out, join_ref.as_deref(), reference, topic, "ok", "{}");
+            }
+            Some("untrack") => {
+                self.ctx.presence.untrack(self.conn, slot);
+                self.reply(out, join_ref.as_deref(), reference, topic, "ok", "{}");
+            }
+            _ => {
+                tracing::info!(error_code = %ErrorCode::UnknownPresenceEvent, tenant = %self.tenant.external_id,
+                    topic, event = %event, "unknown presence event");
+                self.reply(out, join_ref.as_deref(), reference, topic, "error", "{}");
+            }
         }
     }
 
@@ -684,5 +774,7 @@ impl Drop for Session {
                 .hub
                 .unsubscribe(&channel.room, self.conn, channel.slot);
         }
+        // A socket that ends without leaving takes all its presences with it.
+        self.ctx.presence.untrack_all(self.conn);
     }
 }
