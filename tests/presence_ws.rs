@@ -1,0 +1,479 @@
+//! Presence over real WebSockets against a real node and Postgres: exact `presence_state` and
+//! `presence_diff` frames (PROTOCOL.md 5), updates in place, leaves on leave and on socket close,
+//! generated keys, v1 framing, and the presence error replies and limits.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const SELF_HOST: &str = "realtime-dev";
+const TOPIC: &str = "realtime:room1";
+
+fn token(secret: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+        + 3600;
+    common::sign(&json!({"role": "anon", "exp": exp}), secret)
+}
+
+async fn start(extra: &[(&str, &str)]) -> realtime::app::RunningApp {
+    let mut vars = vec![
+        ("SEED_SELF_HOST", "true"),
+        ("CHANNEL_ERROR_BACKOFF_MS", "10"),
+    ];
+    vars.extend_from_slice(extra);
+    common::start_app(&vars).await.0
+}
+
+async fn connect_to(app: &realtime::app::RunningApp, tenant: &str, secret: &str, vsn: &str) -> Ws {
+    let url = format!(
+        "ws://{}/socket/websocket?apikey={}&vsn={vsn}",
+        app.local_addr(),
+        token(secret)
+    );
+    let mut request = url.into_client_request().expect("a websocket request");
+    request.headers_mut().insert(
+        "host",
+        HeaderValue::from_str(&format!("{tenant}.localhost")).expect("a header value"),
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket connects")
+        .0
+}
+
+async fn connect(app: &realtime::app::RunningApp) -> Ws {
+    connect_to(app, SELF_HOST, common::API_SECRET, "2.0.0").await
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::text(frame.to_string()))
+        .await
+        .expect("frame sent");
+}
+
+async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("socket open")
+            .expect("a valid frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts that no frame arrives within `ms`.
+async fn silent(ws: &mut Ws, ms: u64) {
+    if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(ms), ws.next()).await {
+        panic!("expected no frame, got {m:?}");
+    }
+}
+
+fn config(key: &str, enabled: bool) -> Value {
+    json!({"config": {"broadcast": {"ack": false, "self": false},
+        "presence": {"key": key, "enabled": enabled}, "postgres_changes": [], "private": false}})
+}
+
+/// Joins `TOPIC` with `join_ref` and returns the frames after the reply when presence is
+/// enabled (the `presence_state`), checking the reply itself.
+async fn join(ws: &mut Ws, join_ref: &str, key: &str, enabled: bool) -> Option<Value> {
+    send(
+        ws,
+        json!([join_ref, join_ref, TOPIC, "phx_join", config(key, enabled)]),
+    )
+    .await;
+    assert_eq!(
+        recv(ws).await,
+        json!([join_ref, join_ref, TOPIC, "phx_reply",
+            {"status": "ok", "response": {"postgres_changes": []}}])
+    );
+    if enabled {
+        let state = recv(ws).await;
+        assert_eq!(
+            state[0], join_ref,
+            "presence_state carries the channel join_ref"
+        );
+        assert_eq!(state[1], Value::Null, "presence_state has a null ref");
+        assert_eq!(state[2], TOPIC);
+        assert_eq!(state[3], "presence_state");
+        Some(state[4].clone())
+    } else {
+        None
+    }
+}
+
+async fn push_presence(ws: &mut Ws, join_ref: &str, reference: &str, payload: Value) {
+    send(ws, json!([join_ref, reference, TOPIC, "presence", payload])).await;
+}
+
+async fn track(ws: &mut Ws, join_ref: &str, reference: &str, meta: Value) {
+    push_presence(
+        ws,
+        join_ref,
+        reference,
+        json!({"type": "presence", "event": "track", "payload": meta}),
+    )
+    .await;
+    assert_eq!(
+        recv(ws).await,
+        json!([join_ref, reference, TOPIC, "phx_reply", {"status": "ok", "response": {}}])
+    );
+}
+
+/// Receives a `presence_diff` fan-out frame and returns its payload.
+async fn diff(ws: &mut Ws) -> Value {
+    let frame = recv(ws).await;
+    assert_eq!(
+        (&frame[0], &frame[1], &frame[2], &frame[3]),
+        (
+            &Value::Null,
+            &Value::Null,
+            &json!(TOPIC),
+            &json!("presence_diff")
+        ),
+        "a fan-out presence_diff, got {frame}"
+    );
+    frame[4].clone()
+}
+
+fn phx_ref(metas_holder: &Value) -> String {
+    metas_holder["metas"][0]["phx_ref"]
+        .as_str()
+        .expect("a phx_ref string")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn track_update_untrack_reach_every_subscriber_including_the_tracker() {
+    let app = start(&[]).await;
+    let mut alice = connect(&app).await;
+    let mut bob = connect(&app).await;
+    assert_eq!(join(&mut alice, "1", "alice", true).await, Some(json!({})));
+    assert_eq!(join(&mut bob, "7", "bob", true).await, Some(json!({})));
+
+    track(
+        &mut alice,
+        "1",
+        "2",
+        json!({"user": "alice", "online_at": 1}),
+    )
+    .await;
+    let joined = diff(&mut alice).await;
+    let first = phx_ref(&joined["joins"]["alice"]);
+    assert_eq!(
+        joined,
+        json!({"joins": {"alice": {"metas": [{"phx_ref": first, "user": "alice", "online_at": 1}]}},
+               "leaves": {}})
+    );
+    assert_eq!(diff(&mut bob).await, joined, "the same diff for everyone");
+
+    // A late joiner gets the state.
+    let mut carol = connect(&app).await;
+    assert_eq!(
+        join(&mut carol, "3", "carol", true).await,
+        Some(json!({"alice": {"metas": [{"phx_ref": first, "user": "alice", "online_at": 1}]}}))
+    );
+
+    // Same meta again: ok, nothing fans out.
+    track(
+        &mut alice,
+        "1",
+        "3",
+        json!({"user": "alice", "online_at": 1}),
+    )
+    .await;
+    silent(&mut bob, 200).await;
+
+    // New meta: update in place, one diff with the new join and the old leave.
+    track(
+        &mut alice,
+        "1",
+        "4",
+        json!({"user": "alice", "status": "away"}),
+    )
+    .await;
+    let updated = diff(&mut bob).await;
+    let second = phx_ref(&updated["joins"]["alice"]);
+    assert_ne!(first, second);
+    assert_eq!(
+        updated,
+        json!({"joins": {"alice": {"metas": [{"phx_ref": second, "phx_ref_prev": first,
+                    "user": "alice", "status": "away"}]}},
+               "leaves": {"alice": {"metas": [{"phx_ref": first, "user": "alice", "online_at": 1}]}}})
+    );
+    assert_eq!(diff(&mut alice).await, updated);
+    assert_eq!(diff(&mut carol).await, updated);
+
+    // Untrack.
+    push_presence(
+        &mut alice,
+        "1",
+        "5",
+        json!({"type": "presence", "event": "UNTRACK"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut alice).await,
+        json!(["1", "5", TOPIC, "phx_reply", {"status": "ok", "response": {}}])
+    );
+    let left = diff(&mut bob).await;
+    assert_eq!(left["joins"], json!({}));
+    assert_eq!(phx_ref(&left["leaves"]["alice"]), second);
+    assert_eq!(diff(&mut alice).await, left);
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn leaving_or_dropping_the_socket_takes_the_presences_along() {
+    let app = start(&[]).await;
+    let mut watcher = connect(&app).await;
+    join(&mut watcher, "1", "watcher", true).await;
+
+    // Leave.
+    let mut leaver = connect(&app).await;
+    join(&mut leaver, "1", "leaver", true).await;
+    track(&mut leaver, "1", "2", json!({})).await;
+    assert!(diff(&mut watcher).await["joins"]["leaver"].is_object());
+    send(&mut leaver, json!(["1", "3", TOPIC, "phx_leave", {}])).await;
+    let left = diff(&mut watcher).await;
+    assert_eq!(left["joins"], json!({}));
+    assert_eq!(
+        left["leaves"]["leaver"]["metas"][0]
+            .as_object()
+            .map(|m| m.len()),
+        Some(1),
+        "only phx_ref for an empty meta"
+    );
+
+    // A socket tracking on two rooms closes without leaving: every presence leaves (the
+    // watcher sees the one on its room).
+    let mut dropper = connect(&app).await;
+    join(&mut dropper, "1", "d1", true).await;
+    track(&mut dropper, "1", "2", json!({"tab": 1})).await;
+    assert!(diff(&mut watcher).await["joins"]["d1"].is_object());
+    let other = "realtime:room2";
+    send(
+        &mut dropper,
+        json!(["4", "4", other, "phx_join", config("d2", false)]),
+    )
+    .await;
+    recv(&mut dropper).await;
+    send(
+        &mut dropper,
+        json!(["4", "5", other, "presence", {"type": "presence", "event": "track", "payload": {}}]),
+    )
+    .await;
+    recv(&mut dropper).await;
+    drop(dropper);
+    let left = diff(&mut watcher).await;
+    assert_eq!(left["joins"], json!({}));
+    assert_eq!(left["leaves"]["d1"]["metas"][0]["tab"], 1);
+    silent(&mut watcher, 200).await;
+    // The watcher's own join shows an empty room again.
+    let mut late = connect(&app).await;
+    assert_eq!(join(&mut late, "9", "late", true).await, Some(json!({})));
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn keys_are_generated_per_join_and_diffs_reach_channels_without_presence_enabled() {
+    let app = start(&[]).await;
+    let mut quiet = connect(&app).await;
+    assert_eq!(join(&mut quiet, "1", "", false).await, None);
+    silent(&mut quiet, 200).await;
+    let mut tracker = connect(&app).await;
+    join(&mut tracker, "1", "", true).await;
+    track(&mut tracker, "1", "2", json!({"a": true})).await;
+    let joined = diff(&mut quiet).await;
+    let keys: Vec<&String> = joined["joins"].as_object().expect("joins").keys().collect();
+    assert_eq!(keys.len(), 1);
+    assert!(
+        uuid::Uuid::parse_str(keys[0]).is_ok(),
+        "generated key {} is a UUID",
+        keys[0]
+    );
+    assert_eq!(diff(&mut tracker).await, joined);
+    // Rejoining the topic replaces the channel: the old channel's presence leaves.
+    send(
+        &mut tracker,
+        json!(["5", "5", TOPIC, "phx_join", config("", true)]),
+    )
+    .await;
+    let mut saw = Vec::new();
+    for _ in 0..3 {
+        saw.push(recv(&mut tracker).await);
+    }
+    let events: Vec<&str> = saw.iter().filter_map(|f| f[3].as_str()).collect();
+    assert_eq!(events, vec!["phx_close", "phx_reply", "presence_state"]);
+    assert_eq!(saw[2][4], json!({}), "the old presence is already gone");
+    let left = diff(&mut quiet).await;
+    assert!(left["leaves"][keys[0]].is_object());
+    // A new track gets a new generated key.
+    track(&mut tracker, "5", "6", json!({"a": true})).await;
+    let rejoined = diff(&mut quiet).await;
+    let new_keys: Vec<&String> = rejoined["joins"]
+        .as_object()
+        .expect("joins")
+        .keys()
+        .collect();
+    assert_eq!(new_keys.len(), 1);
+    assert_ne!(new_keys[0], keys[0]);
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn v1_sockets_get_object_frames() {
+    let app = start(&[]).await;
+    let mut v1 = connect_to(&app, SELF_HOST, common::API_SECRET, "1.0.0").await;
+    send(
+        &mut v1,
+        json!({"topic": TOPIC, "event": "phx_join", "payload": config("k", true), "ref": "1", "join_ref": "1"}),
+    )
+    .await;
+    assert_eq!(recv(&mut v1).await["event"], "phx_reply");
+    assert_eq!(
+        recv(&mut v1).await,
+        json!({"topic": TOPIC, "event": "presence_state", "payload": {}, "ref": null})
+    );
+    send(
+        &mut v1,
+        json!({"topic": TOPIC, "event": "presence", "ref": "2", "join_ref": "1",
+               "payload": {"type": "presence", "event": "track", "payload": {"n": 1}}}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut v1).await,
+        json!({"topic": TOPIC, "event": "phx_reply", "payload": {"status": "ok", "response": {}}, "ref": "2"})
+    );
+    let frame = recv(&mut v1).await;
+    assert_eq!(frame["event"], "presence_diff");
+    assert_eq!(frame["ref"], Value::Null);
+    assert_eq!(frame["payload"]["joins"]["k"]["metas"][0]["n"], 1);
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn bad_presence_pushes_get_the_documented_replies() {
+    let app = start(&[]).await;
+    let mut ws = connect(&app).await;
+    join(&mut ws, "1", "k", true).await;
+    // Not a map.
+    push_presence(
+        &mut ws,
+        "1",
+        "2",
+        json!({"type": "presence", "event": "track", "payload": [1, 2]}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!(["1", "2", TOPIC, "phx_reply", {"status": "error",
+            "response": {"reason": "Presence track payload must be a map"}}])
+    );
+    // Unknown event.
+    push_presence(
+        &mut ws,
+        "1",
+        "3",
+        json!({"type": "presence", "event": "wave"}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!(["1", "3", TOPIC, "phx_reply", {"status": "error", "response": {}}])
+    );
+    // No event: ok, nothing happens (and the window does not count it).
+    push_presence(&mut ws, "1", "4", json!({"type": "presence"})).await;
+    assert_eq!(
+        recv(&mut ws).await,
+        json!(["1", "4", TOPIC, "phx_reply", {"status": "ok", "response": {}}])
+    );
+    silent(&mut ws, 200).await;
+    app.shutdown().await.expect("clean shutdown");
+}
+
+async fn expect_shutdown(ws: &mut Ws, join_ref: &str, message: &str) {
+    assert_eq!(
+        recv(ws).await,
+        json!([join_ref, null, TOPIC, "system", {"extension": "system", "status": "error",
+            "message": message, "channel": "room1"}])
+    );
+    assert_eq!(
+        recv(ws).await,
+        json!([join_ref, join_ref, TOPIC, "phx_close", {}])
+    );
+}
+
+#[tokio::test]
+async fn the_client_presence_window_shuts_the_channel_down() {
+    let app = start(&[("CLIENT_PRESENCE_MAX_CALLS", "2")]).await;
+    let mut ws = connect(&app).await;
+    let mut watcher = connect(&app).await;
+    join(&mut watcher, "1", "w", true).await;
+    join(&mut ws, "1", "k", true).await;
+    track(&mut ws, "1", "2", json!({"n": 1})).await;
+    diff(&mut ws).await;
+    track(&mut ws, "1", "3", json!({"n": 2})).await;
+    diff(&mut ws).await;
+    assert_eq!(diff(&mut watcher).await["joins"]["k"]["metas"][0]["n"], 1);
+    assert_eq!(diff(&mut watcher).await["joins"]["k"]["metas"][0]["n"], 2);
+    push_presence(
+        &mut ws,
+        "1",
+        "4",
+        json!({"type": "presence", "event": "untrack"}),
+    )
+    .await;
+    expect_shutdown(&mut ws, "1", "Client presence rate limit exceeded").await;
+    // The shut-down channel's presence leaves.
+    assert_eq!(diff(&mut watcher).await["leaves"]["k"]["metas"][0]["n"], 2);
+    app.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_track_larger_than_the_tenant_payload_limit_shuts_the_channel_down() {
+    let app = start(&[]).await;
+    let mut body = common::tenant_body("small");
+    body["tenant"]["max_payload_size_in_kb"] = json!(1);
+    app.tenants()
+        .upsert(None, &body)
+        .await
+        .expect("tenant created");
+    let secret = body["tenant"]["jwt_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let mut ws = connect_to(&app, "small", &secret, "2.0.0").await;
+    join(&mut ws, "1", "k", true).await;
+    track(&mut ws, "1", "2", json!({"small": "x".repeat(100)})).await;
+    diff(&mut ws).await;
+    push_presence(
+        &mut ws,
+        "1",
+        "3",
+        json!({"type": "presence", "event": "track", "payload": {"big": "x".repeat(1200)}}),
+    )
+    .await;
+    expect_shutdown(&mut ws, "1", "Track message size exceeded").await;
+    // The shut-down channel's presence is gone.
+    let mut other = connect_to(&app, "small", &secret, "2.0.0").await;
+    assert_eq!(join(&mut other, "1", "o", true).await, Some(json!({})));
+    app.shutdown().await.expect("clean shutdown");
+}
