@@ -305,18 +305,18 @@ pub fn verify_client_token(
     }
     numeric_claim(&all, "iat")?;
     let exp = numeric_claim(&all, "exp")?;
-    if let Some((exp, integer)) = exp {
-        if exp <= now {
-            return Err(if integer {
-                TokenError::Expired {
-                    seconds_ago: now - exp,
-                }
-            } else {
-                TokenError::InvalidClaim {
-                    claim: "exp".into(),
-                }
-            });
-        }
+    if let Some((exp, integer)) = exp
+        && exp <= now
+    {
+        return Err(if integer {
+            TokenError::Expired {
+                seconds_ago: now - exp,
+            }
+        } else {
+            TokenError::InvalidClaim {
+                claim: "exp".into(),
+            }
+        });
     }
     let (Some((exp, _)), Some(role)) = (exp, all.get("role")) else {
         return Err(TokenError::MissingClaims);
