@@ -4,9 +4,11 @@
 //! - L0 base: [`types`] (ids), [`error`] (operational `ErrorCode`), [`config`] (typed `Config`
 //!   from the environment), [`telemetry`] (logging).
 //! - L1 pure logic: [`limits`] (per-tenant rate counters, token buckets, client presence window;
-//!   the clock is an argument).
+//!   the clock is an argument), [`presence::crdt`] (the presence CRDT).
 //! - L2 outside world: `db` (metadata Postgres pool and `_realtime` migrations), `tenants`
 //!   (tenant records, encrypted secrets, cache, self-host seed), `auth` (JWT verification).
+//! - L3 `hub` (rooms, fan-out); L4 `broadcast`, [`presence`] (the tracker: track/untrack,
+//!   `presence_diff` fan-out, the replication seam); L5 `channel` (per-socket sessions).
 //! - L6 edges: `api` (axum: tenants API, health).
 //! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown.
 //!

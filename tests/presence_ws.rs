@@ -477,3 +477,45 @@ async fn a_track_larger_than_the_tenant_payload_limit_shuts_the_channel_down() {
     assert_eq!(join(&mut other, "1", "o", true).await, Some(json!({})));
     app.shutdown().await.expect("clean shutdown");
 }
+
+/// Runs against the real 5 s rate-counter period: the first bucket must complete before the
+/// average exists.
+#[tokio::test]
+async fn the_tenant_presence_rate_shuts_down_tracks_and_state_syncs() {
+    let app = start(&[("CLIENT_PRESENCE_MAX_CALLS", "100")]).await;
+    let mut body = common::tenant_body("busy");
+    body["tenant"]["max_presence_events_per_second"] = json!(1);
+    app.tenants()
+        .upsert(None, &body)
+        .await
+        .expect("tenant created");
+    let secret = body["tenant"]["jwt_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let mut ws = connect_to(&app, "busy", &secret, "2.0.0").await;
+    join(&mut ws, "1", "k", true).await;
+    // 1 state sync + 6 tracks + 6 deliveries: 13 events in the first 5 s bucket.
+    for n in 0..6 {
+        track(&mut ws, "1", &format!("r{n}"), json!({"n": n})).await;
+        diff(&mut ws).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5_300)).await;
+    push_presence(
+        &mut ws,
+        "1",
+        "x",
+        json!({"type": "presence", "event": "track", "payload": {"n": 99}}),
+    )
+    .await;
+    expect_shutdown(&mut ws, "1", "Too many presence messages per second").await;
+    // A presence-enabled join while tripped: the join succeeds, the state sync shuts it down.
+    send(
+        &mut ws,
+        json!(["2", "2", TOPIC, "phx_join", config("k", true)]),
+    )
+    .await;
+    assert_eq!(recv(&mut ws).await[3], "phx_reply");
+    expect_shutdown(&mut ws, "2", "Too many presence messages per second").await;
+    app.shutdown().await.expect("clean shutdown");
+}

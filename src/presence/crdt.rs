@@ -319,6 +319,9 @@ impl<R: Clone + Eq + Hash> Default for State<R> {
     }
 }
 
+/// One presence key of a room and its entries, as [`State::room`] returns them.
+pub type KeyEntries<'a, R> = (Arc<str>, Vec<(Dot, &'a Entry<R>)>);
+
 /// What a local operation produced: the delta for peers and the visible changes.
 #[derive(Clone, Debug)]
 pub struct Applied<R> {
@@ -543,7 +546,7 @@ impl<R: Clone + Eq + Hash> State<R> {
 
     /// Returns the visible entries of `room` grouped by presence key, keys in order, each key's
     /// entries in dot order.
-    pub fn room(&self, room: &R) -> Vec<(Arc<str>, Vec<(Dot, &Entry<R>)>)> {
+    pub fn room(&self, room: &R) -> Vec<KeyEntries<'_, R>> {
         let Some(keys) = self.index.get(room) else {
             return Vec::new();
         };
@@ -1016,7 +1019,7 @@ mod tests {
         };
         let u = |node| Op::Update {
             node,
-            pick: usize::from(0usize),
+            pick: 0,
             meta: 0,
         };
         let ops = vec![
@@ -1030,16 +1033,10 @@ mod tests {
             u(0),
             t(0),
             t(0),
-            Op::Untrack {
-                node: 0,
-                pick: usize::from(0usize),
-            },
+            Op::Untrack { node: 0, pick: 0 },
             t(0),
             t(0),
-            Op::Untrack {
-                node: 1,
-                pick: usize::from(0usize),
-            },
+            Op::Untrack { node: 1, pick: 0 },
             u(0),
         ];
         converge(&ops, 15424427063331536952).unwrap();
