@@ -234,7 +234,10 @@ async fn disconnect_on_tenant_changes(tenants: Tenants, hub: Arc<Hub>) {
     loop {
         match events.recv().await {
             Ok(event) => {
-                if matches!(event.change, TenantChange::Updated | TenantChange::Deleted | TenantChange::Reloaded) {
+                if matches!(
+                    event.change,
+                    TenantChange::Updated | TenantChange::Deleted | TenantChange::Reloaded
+                ) {
                     let n = hub.disconnect_tenant(&event.tenant);
                     tracing::info!(tenant = %event.tenant, change = ?event.change, sockets = n, "tenant changed; disconnecting its sockets");
                 }

@@ -561,7 +561,11 @@ impl Config {
             outbox_capacity: env.parse_or("WS_OUTBOX_CAPACITY", 1024, positive_usize)?,
             idle_timeout: env.parse_or("WS_IDLE_TIMEOUT_MS", Duration::from_secs(60), millis)?,
             write_timeout: env.parse_or("WS_WRITE_TIMEOUT_MS", Duration::from_secs(10), millis)?,
-            max_frames_per_second: env.parse_or("WS_MAX_FRAMES_PER_SECOND", 10_000, positive_u32)?,
+            max_frames_per_second: env.parse_or(
+                "WS_MAX_FRAMES_PER_SECOND",
+                10_000,
+                positive_u32,
+            )?,
         };
 
         let janitor = JanitorConfig {
@@ -939,13 +943,24 @@ mod tests {
     fn fallback_tenant_follows_the_seed_unless_set() {
         assert_eq!(parse(&[]).unwrap().transport.fallback_tenant, None);
         let seeded = parse(&[("SEED_SELF_HOST", "true")]).unwrap();
-        assert_eq!(seeded.transport.fallback_tenant.as_deref(), Some("realtime-dev"));
+        assert_eq!(
+            seeded.transport.fallback_tenant.as_deref(),
+            Some("realtime-dev")
+        );
         let off = parse(&[("SEED_SELF_HOST", "true"), ("FALLBACK_TENANT", "none")]).unwrap();
         assert_eq!(off.transport.fallback_tenant, None);
         let named = parse(&[("FALLBACK_TENANT", "acme")]).unwrap();
         assert_eq!(named.transport.fallback_tenant.as_deref(), Some("acme"));
-        assert_eq!(parse(&[("FALLBACK_TENANT", "a.b")]).unwrap_err().variable(), "FALLBACK_TENANT");
-        assert_eq!(parse(&[("WS_OUTBOX_CAPACITY", "0")]).unwrap_err().variable(), "WS_OUTBOX_CAPACITY");
+        assert_eq!(
+            parse(&[("FALLBACK_TENANT", "a.b")]).unwrap_err().variable(),
+            "FALLBACK_TENANT"
+        );
+        assert_eq!(
+            parse(&[("WS_OUTBOX_CAPACITY", "0")])
+                .unwrap_err()
+                .variable(),
+            "WS_OUTBOX_CAPACITY"
+        );
     }
 
     #[test]

@@ -24,6 +24,6 @@ pub mod hub;
 pub mod limits;
 pub mod phoenix;
 pub mod telemetry;
-pub mod transport;
 pub mod tenants;
+pub mod transport;
 pub mod types;

@@ -887,22 +887,61 @@ fn print_comparison(work: &Work, o: &Opts, base: &Outcome, real: &Outcome) {
     }
 }
 
-fn print_single_summary(work: &Work, o: &Opts, name: &str, out: &Outcome) {
-    if let (
-        Work::Steps {
-            stop_on_fail: true, ..
+/// Headline figures of one outcome, for the `summary` lines that `scripts/bench` collects.
+fn headline(work: &Work, o: &Opts, out: &Outcome) -> Vec<(&'static str, f64)> {
+    match (work, out) {
+        (
+            Work::Steps {
+                stop_on_fail: true, ..
+            },
+            Outcome::Steps(rows),
+        ) => match highest_passing(rows, o.p99_limit_ms) {
+            Some(x) => vec![
+                ("max_ok_rate", x.offered),
+                ("deliv_per_s", x.delivered_per_s),
+                ("deliv_per_cpu_s", x.per_cpu_s),
+                ("p99_ms", x.p99_ms),
+            ],
+            None => vec![("max_ok_rate", 0.0)],
         },
-        Outcome::Steps(rows),
-    ) = (work, out)
-    {
-        match highest_passing(rows, o.p99_limit_ms) {
-            Some(x) => println!(
-                "  {name}: highest rate with zero loss and p99 <= {} ms: {:.0} msg/s, {:.0} deliveries per server CPU-s",
-                o.p99_limit_ms, x.offered, x.per_cpu_s
-            ),
-            None => println!("  {name}: no step passed"),
-        }
+        (Work::Steps { .. }, Outcome::Steps(rows)) => match rows.last() {
+            Some(x) => vec![
+                ("offered", x.offered),
+                ("deliv_per_s", x.delivered_per_s),
+                ("loss_pct", x.loss_pct),
+                ("p50_ms", x.p50_ms),
+                ("p99_ms", x.p99_ms),
+                ("srv_cpu_s", x.srv_cpu_s),
+                ("deliv_per_cpu_s", x.per_cpu_s),
+            ],
+            None => Vec::new(),
+        },
+        (
+            _,
+            Outcome::Idle {
+                joins_per_s,
+                rss_per_conn_kib,
+                ..
+            },
+        ) => vec![
+            ("rss_kib_per_conn", *rss_per_conn_kib),
+            ("joins_per_s", *joins_per_s),
+        ],
+        (
+            _,
+            Outcome::Joins {
+                joins_per_s,
+                p99_ms,
+                ..
+            },
+        ) => vec![("joins_per_s", *joins_per_s), ("join_p99_ms", *p99_ms)],
+        _ => Vec::new(),
     }
+}
+
+fn print_summary_line(scenario: &str, name: &str, fields: &[(&str, String)]) {
+    let text: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("summary {scenario} {name} {}", text.join(" "));
 }
 
 fn check_fd_limit(needed: usize) {
@@ -982,13 +1021,27 @@ async fn run(o: Opts) -> Result<(), String> {
             Work::Idle { conns, topics } => run_idle(cfg, *conns, *topics, &o, target).await,
             Work::Joins { conns } => run_joins(cfg, *conns, &o).await,
         };
-        print_single_summary(&work, &o, target.name, &out);
+        let fields: Vec<(&str, String)> = headline(&work, &o, &out)
+            .into_iter()
+            .map(|(k, v)| (k, format!("{v:.2}")))
+            .collect();
+        print_summary_line(&o.scenario, target.name, &fields);
         outcomes.push(out);
         // Let the server settle (sockets closing, timers) before the next target.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     if targets.len() == 2 {
         print_comparison(&work, &o, &outcomes[0], &outcomes[1]);
+        let base = headline(&work, &o, &outcomes[0]);
+        let real = headline(&work, &o, &outcomes[1]);
+        let fields: Vec<(&str, String)> = real
+            .iter()
+            .filter_map(|(k, r)| {
+                let (_, b) = base.iter().find(|(kb, _)| kb == k)?;
+                Some((*k, ratio(*r, *b)))
+            })
+            .collect();
+        print_summary_line(&o.scenario, "ratio", &fields);
     }
     Ok(())
 }
@@ -1029,7 +1082,13 @@ fn main() -> ExitCode {
             .block_on(baseline::serve(opts.port))
             .map_err(|e| format!("baseline server: {e}"))
     } else {
-        runtime.block_on(run(opts))
+        runtime.block_on(async {
+            // On Ctrl-C, return so that a spawned baseline is killed by its guard.
+            tokio::select! {
+                r = run(opts) => r,
+                _ = tokio::signal::ctrl_c() => Err("interrupted".to_owned()),
+            }
+        })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -140,7 +140,9 @@ impl Drop for ConnectionRegistration {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("rooms", &self.room_count()).finish_non_exhaustive()
+        f.debug_struct("Hub")
+            .field("rooms", &self.room_count())
+            .finish_non_exhaustive()
     }
 }
 

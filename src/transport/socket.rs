@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::{
-    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, Transport,
+    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
+    Transport,
 };
 use crate::channel::{Session, SessionControl};
 use crate::error::ErrorCode;
@@ -40,7 +41,14 @@ fn to_message(frame: Frame) -> Option<Message> {
 
 /// Runs the socket until it closes.
 pub(super) async fn run_socket(params: SocketParams) {
-    let SocketParams { socket, mut session, mut rx, signals, vsn, transport } = params;
+    let SocketParams {
+        socket,
+        mut session,
+        mut rx,
+        signals,
+        vsn,
+        transport,
+    } = params;
     let (mut sink, mut stream) = socket.split();
     let mut shutdown = transport.shutdown.clone();
     let config = &transport.config;
@@ -56,11 +64,15 @@ pub(super) async fn run_socket(params: SocketParams) {
 
     let close: (u16, &'static str) = loop {
         let no_channel_deadline = empty_since.map(|t| t + transport.no_channel_timeout);
-        let deadline = [Some(idle_deadline), no_channel_deadline, session.next_expiry()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(idle_deadline);
+        let deadline = [
+            Some(idle_deadline),
+            no_channel_deadline,
+            session.next_expiry(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(idle_deadline);
         let control = tokio::select! {
             biased;
             () = signals.slow_marked() => SessionControl::Close { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer" },
@@ -175,7 +187,14 @@ pub(super) async fn run_socket(params: SocketParams) {
     let (code, reason) = close;
     tracing::debug!(code, reason, "closing socket");
     if !reason.is_empty() || code != CLOSE_NORMAL {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
