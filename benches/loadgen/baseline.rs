@@ -135,6 +135,8 @@ fn text(s: String) -> Message {
     Message::Text(Utf8Bytes::from(s))
 }
 
+// The handshake callback's `Result<Response, ErrorResponse>` type is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 async fn serve_connection(
     hub: Arc<Hub>,
     conn: u64,

@@ -74,13 +74,17 @@ impl Histogram {
     }
 
     /// Returns the value at quantile `q` (0..=1): the midpoint of the bucket holding the
-    /// `ceil(q * count)`-th smallest value, capped at the maximum; 0 when empty.
+    /// `ceil(q * count)`-th smallest value, capped at the maximum (exactly the maximum for the
+    /// last rank); 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
         let total = self.count();
         if total == 0 {
             return 0;
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        if rank >= total {
+            return self.max();
+        }
         let mut seen = 0;
         for (idx, c) in self.counts.iter().enumerate() {
             seen += c.load(Ordering::Relaxed);
