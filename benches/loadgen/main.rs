@@ -39,7 +39,7 @@ fn usage() -> &'static str {
 
 scenarios (--scenario):
   a | fanout   1 publisher -> --conns subscribers (1000) on one topic; steps --rates
-               (100,200,500,1000,2000,5000 msg/s) until loss > 0 or p99 > --p99-limit-ms
+               (100,200,300,400,600,800,1000,1500,2000 msg/s) until loss > 0 or p99 > --p99-limit-ms
   b | rooms    --conns (5000) in rooms of --room-size (7): 1 publisher at --room-rate
                (1 msg/s) per room, all members subscribed
   c | idle     --conns (10000) join and sit: server RSS delta per connection, joins/s
@@ -271,10 +271,11 @@ impl Work {
                 topics: 1,
                 subs_per_topic: o.conns.unwrap_or(1000),
                 pubs_per_topic: 1,
-                rates: o
-                    .rates
-                    .clone()
-                    .unwrap_or_else(|| vec![100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]),
+                rates: o.rates.clone().unwrap_or_else(|| {
+                    vec![
+                        100.0, 200.0, 300.0, 400.0, 600.0, 800.0, 1000.0, 1500.0, 2000.0,
+                    ]
+                }),
                 stop_on_fail: true,
             },
             "b" | "rooms" => {
@@ -444,12 +445,14 @@ struct StepRow {
     srv_rss_mib: f64,
     per_cpu_s: f64,
     gen_cpu_pct: f64,
+    cpu0_pct: f64,
+    cpu1_pct: f64,
 }
 
 impl StepRow {
-    const HEADER: &'static str = "   offered  published  delivered/s    loss%   p50ms   p90ms   p99ms   maxms  srvCPUs  srvRSSMiB  deliv/CPUs  gen%";
+    const HEADER: &'static str = "   offered  published  delivered/s    loss%   p50ms   p90ms   p99ms   maxms  srvCPUs  srvRSSMiB  deliv/CPUs  gen%  cpu0% cpu1%";
 
-    fn fields(&self) -> [f64; 12] {
+    fn fields(&self) -> [f64; 14] {
         [
             self.offered,
             self.published_per_s,
@@ -463,10 +466,12 @@ impl StepRow {
             self.srv_rss_mib,
             self.per_cpu_s,
             self.gen_cpu_pct,
+            self.cpu0_pct,
+            self.cpu1_pct,
         ]
     }
 
-    fn from_fields(f: [f64; 12]) -> StepRow {
+    fn from_fields(f: [f64; 14]) -> StepRow {
         StepRow {
             offered: f[0],
             published_per_s: f[1],
@@ -480,11 +485,13 @@ impl StepRow {
             srv_rss_mib: f[9],
             per_cpu_s: f[10],
             gen_cpu_pct: f[11],
+            cpu0_pct: f[12],
+            cpu1_pct: f[13],
         }
     }
 
     fn median_of(rows: &[StepRow]) -> StepRow {
-        let mut out = [0.0; 12];
+        let mut out = [0.0; 14];
         for (k, slot) in out.iter_mut().enumerate() {
             let column: Vec<f64> = rows.iter().map(|r| r.fields()[k]).collect();
             *slot = median(&column);
@@ -498,7 +505,7 @@ impl StepRow {
 
     fn print(&self, note: &str) {
         println!(
-            "{:>10.0} {:>10.0} {:>12.0} {:>8.3} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>8.2} {:>10.1} {:>11.0} {:>5.0} {note}",
+            "{:>10.0} {:>10.0} {:>12.0} {:>8.3} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>8.2} {:>10.1} {:>11.0} {:>5.0} {:>6.0} {:>5.0} {note}",
             self.offered,
             self.published_per_s,
             self.delivered_per_s,
@@ -511,6 +518,8 @@ impl StepRow {
             self.srv_rss_mib,
             self.per_cpu_s,
             self.gen_cpu_pct,
+            self.cpu0_pct,
+            self.cpu1_pct,
         );
     }
 }
@@ -557,6 +566,7 @@ async fn measure_step(
     }
     let srv0 = pid.and_then(|p| sample_process(Some(p)));
     let gen0 = sample_process(None);
+    let cores0 = stats::sample_cores();
     let t0 = Instant::now();
     let _ = fleet.phase.send(phase(slot as u32));
     tokio::time::sleep(Duration::from_secs_f64(o.duration)).await;
@@ -583,6 +593,7 @@ async fn measure_step(
     }
     let srv1 = pid.and_then(|p| sample_process(Some(p)));
     let gen1 = sample_process(None);
+    let busy = stats::core_busy_pct(&cores0, &stats::sample_cores());
     let wall = t0.elapsed().as_secs_f64();
 
     let published = st.published.load(Ordering::Relaxed) as f64;
@@ -607,14 +618,34 @@ async fn measure_step(
         srv_rss_mib: srv1.map_or(f64::NAN, |s| s.rss_kib as f64 / 1024.0),
         per_cpu_s: delivered / srv_cpu,
         gen_cpu_pct: cpu_delta(gen0, gen1) / wall * 100.0,
+        cpu0_pct: busy.first().copied().unwrap_or(f64::NAN),
+        cpu1_pct: busy.get(1).copied().unwrap_or(f64::NAN),
     }
 }
 
-fn print_open_report(fleet: &Fleet) {
+/// Opens a fleet and prints how it went, including the kernel's listen-queue overflows meanwhile
+/// (system-wide; each one costs the client a 1 s SYN retransmit).
+async fn open_and_report(
+    cfg: Arc<ClientConfig>,
+    roles: Vec<ConnRole>,
+    slots: usize,
+    o: &Opts,
+) -> Fleet {
+    let overflows0 = stats::listen_overflows();
+    let fleet = client::open_fleet(cfg, roles, slots, pace(o)).await;
+    let overflows = match (overflows0, stats::listen_overflows()) {
+        (Some(a), Some(b)) => b.saturating_sub(a).to_string(),
+        _ => "?".to_owned(),
+    };
+    print_open_report(&fleet, &overflows);
+    fleet
+}
+
+fn print_open_report(fleet: &Fleet, listen_overflows: &str) {
     let s = &fleet.shared;
     let joined = s.joined.load(Ordering::Relaxed);
     println!(
-        "  opened {joined}/{} in {:.2} s: {:.0} joins/s, join latency p50 {:.1} ms p99 {:.1} ms (connect failures {}, join refusals {})",
+        "  opened {joined}/{} in {:.2} s: {:.0} joins/s, join latency p50 {:.1} ms p99 {:.1} ms (connect failures {}, join refusals {}, listen overflows {listen_overflows})",
         fleet.requested,
         fleet.open_secs,
         joined as f64 / fleet.open_secs.max(1e-9),
@@ -666,8 +697,7 @@ async fn run_steps(cfg: Arc<ClientConfig>, work: &Work, o: &Opts, target: &Targe
     let roles = step_roles(*topics, *subs_per_topic, *pubs_per_topic);
     let publishers = topics * pubs_per_topic;
     let slots = rates.len() * o.repeat;
-    let fleet = client::open_fleet(cfg, roles, slots, pace(o)).await;
-    print_open_report(&fleet);
+    let fleet = open_and_report(cfg, roles, slots, o).await;
     let mut rows = Vec::new();
     if fleet.shared.joined.load(Ordering::Relaxed) == 0 {
         fleet.close().await;
@@ -719,8 +749,7 @@ async fn run_idle(
 ) -> Outcome {
     let before = target.pid.and_then(|p| sample_process(Some(p)));
     let gen_before = sample_process(None);
-    let fleet = client::open_fleet(cfg, sit_roles(conns, topics, "idle"), 0, pace(o)).await;
-    print_open_report(&fleet);
+    let fleet = open_and_report(cfg, sit_roles(conns, topics, "idle"), 0, o).await;
     tokio::time::sleep(Duration::from_secs_f64(o.settle)).await;
     let after = target.pid.and_then(|p| sample_process(Some(p)));
     let gen_after = sample_process(None);
@@ -763,10 +792,8 @@ async fn run_idle(
 async fn run_joins(cfg: Arc<ClientConfig>, conns: usize, o: &Opts) -> Outcome {
     let (mut rates, mut p50s, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..o.repeat {
-        let fleet =
-            client::open_fleet(cfg.clone(), sit_roles(conns, 100, "joins"), 0, pace(o)).await;
         print!("  run {}/{}:", r + 1, o.repeat);
-        print_open_report(&fleet);
+        let fleet = open_and_report(cfg.clone(), sit_roles(conns, 100, "joins"), 0, o).await;
         let s = &fleet.shared;
         rates.push(s.joined.load(Ordering::Relaxed) as f64 / fleet.open_secs.max(1e-9));
         p50s.push(s.join_latency.quantile(0.5) as f64 / 1e6);
@@ -809,8 +836,21 @@ fn print_comparison(work: &Work, o: &Opts, base: &Outcome, real: &Outcome) {
                     .map(|(x, y)| ratio(*x, y))
                     .collect();
                 println!(
-                    "{:>10.0} {:>10} {:>12} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>11} {:>5}",
-                    rb.offered, f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]
+                    "{:>10.0} {:>10} {:>12} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>11} {:>5} {:>6} {:>5}",
+                    rb.offered,
+                    f[1],
+                    f[2],
+                    f[3],
+                    f[4],
+                    f[5],
+                    f[6],
+                    f[7],
+                    f[8],
+                    f[9],
+                    f[10],
+                    f[11],
+                    f[12],
+                    f[13]
                 );
             }
             if matches!(

@@ -142,6 +142,63 @@ pub fn parse_max_open_files(limits: &str) -> Option<u64> {
         .ok()
 }
 
+/// Reads a `TcpExt` counter (e.g. `ListenOverflows`) from the text of `/proc/net/netstat`,
+/// where a line of names is followed by a line of values.
+pub fn parse_tcpext_counter(netstat: &str, name: &str) -> Option<u64> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+/// Returns the system-wide count of connections dropped because a listen queue was full.
+pub fn listen_overflows() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    parse_tcpext_counter(&text, "ListenOverflows")
+}
+
+/// Reads `(busy, total)` clock ticks of each `cpuN` line of `/proc/stat`; busy excludes idle
+/// and iowait, so it includes the softirq time that loopback TCP spends outside any process.
+pub fn parse_core_ticks(stat: &str) -> Vec<(u64, u64)> {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .filter_map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map_while(|x| x.parse().ok())
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            let idle = v.get(3)? + v.get(4)?;
+            Some((total - idle, total))
+        })
+        .collect()
+}
+
+/// Samples per-core busy/total ticks from `/proc/stat`.
+pub fn sample_cores() -> Vec<(u64, u64)> {
+    std::fs::read_to_string("/proc/stat")
+        .map(|t| parse_core_ticks(&t))
+        .unwrap_or_default()
+}
+
+/// Busy percentage of each core between two samples.
+pub fn core_busy_pct(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let total = a.1.saturating_sub(b.1);
+            if total == 0 {
+                0.0
+            } else {
+                a.0.saturating_sub(b.0) as f64 * 100.0 / total as f64
+            }
+        })
+        .collect()
+}
+
 /// CPU time and RSS of a process, read from `/proc`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ProcSample {
@@ -251,6 +308,23 @@ mod tests {
             parse_max_open_files("Max open files unlimited unlimited files"),
             None
         );
+    }
+
+    #[test]
+    fn tcpext_counter_parsing() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 456 457\nIpExt: InNoRoutes\nIpExt: 0\n";
+        assert_eq!(parse_tcpext_counter(text, "ListenOverflows"), Some(456));
+        assert_eq!(parse_tcpext_counter(text, "Nope"), None);
+    }
+
+    #[test]
+    fn core_ticks_and_busy_percent() {
+        let a = "cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 5 0 5 40 0 0 0 0 0 0\ncpu1 5 0 5 38 2 0 0 0 0 0\nintr 1 2\n";
+        let b = "cpu  0\ncpu0 55 0 5 40 0 0 0 0 0 0\ncpu1 5 0 5 88 2 0 0 0 0 0\n";
+        let ta = parse_core_ticks(a);
+        assert_eq!(ta, vec![(10, 50), (10, 50)]);
+        let pct = core_busy_pct(&ta, &parse_core_ticks(b));
+        assert_eq!(pct, vec![100.0, 0.0]);
     }
 
     #[test]
