@@ -13,8 +13,11 @@
 //! What the timers cover: latency is from just before a publish frame is queued in the generator
 //! to just after its delivery is decoded by a subscriber connection of the same process (one
 //! monotonic clock). Server CPU is utime + stime of `--server-pid` over the measured window plus
-//! the drain that follows it (warm-up excluded). Joins/s is the number of joined connections
-//! divided by the time from the first TCP connect to the last `phx_reply` ok.
+//! the drain that follows it (warm-up excluded). On loopback much of the TCP work runs as softirq
+//! that no process is charged for, so each step also reports every core's busy share from
+//! `/proc/stat` (`cpu0%`, `cpu1%`) and deliveries per busy second of core 0, the servers' core
+//! under `scripts/bench`. Joins/s is the number of joined connections divided by the time from
+//! the first TCP connect to the last `phx_reply` ok.
 
 mod baseline;
 mod client;
@@ -57,7 +60,8 @@ load:
   --payload 100 (bytes)  --duration 5  --warmup 1  --repeat 3  --drain-max 5 (seconds)
   --connect-rate 0 (conns/s, 0 = unpaced)  --connect-batch 100  --connect-concurrency 256
   --connect-timeout 120  --source-ips 127.0.0.1,127.0.0.2  --heartbeat 25
-  --settle 3 --hold 0 (idle)  --p99-limit-ms 100  --stop-on-fail (custom)"
+  --settle 3 --hold 0 (idle)  --p99-limit-ms 100  --stop-on-fail (custom)
+  --threads N (runtime workers; default = cores allowed, 1 = current-thread runtime)"
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +107,7 @@ struct Opts {
     hold: f64,
     p99_limit_ms: f64,
     stop_on_fail: bool,
+    threads: Option<usize>,
 }
 
 impl Default for Opts {
@@ -142,6 +147,7 @@ impl Default for Opts {
             hold: 0.0,
             p99_limit_ms: 100.0,
             stop_on_fail: false,
+            threads: None,
         }
     }
 }
@@ -235,6 +241,7 @@ impl Opts {
                 "--settle" => o.settle = parse_num(key, value)?,
                 "--hold" => o.hold = parse_num(key, value)?,
                 "--p99-limit-ms" => o.p99_limit_ms = parse_num(key, value)?,
+                "--threads" => o.threads = Some(parse_num(key, value)?),
                 _ => return Err(format!("unknown option {key}")),
             }
         }
@@ -447,12 +454,13 @@ struct StepRow {
     gen_cpu_pct: f64,
     cpu0_pct: f64,
     cpu1_pct: f64,
+    per_core0_s: f64,
 }
 
 impl StepRow {
-    const HEADER: &'static str = "   offered  published  delivered/s    loss%   p50ms   p90ms   p99ms   maxms  srvCPUs  srvRSSMiB  deliv/CPUs  gen%  cpu0% cpu1%";
+    const HEADER: &'static str = "   offered  published  delivered/s    loss%   p50ms   p90ms   p99ms   maxms  srvCPUs  srvRSSMiB  deliv/CPUs  gen%  cpu0% cpu1% deliv/core0s";
 
-    fn fields(&self) -> [f64; 14] {
+    fn fields(&self) -> [f64; 15] {
         [
             self.offered,
             self.published_per_s,
@@ -468,10 +476,11 @@ impl StepRow {
             self.gen_cpu_pct,
             self.cpu0_pct,
             self.cpu1_pct,
+            self.per_core0_s,
         ]
     }
 
-    fn from_fields(f: [f64; 14]) -> StepRow {
+    fn from_fields(f: [f64; 15]) -> StepRow {
         StepRow {
             offered: f[0],
             published_per_s: f[1],
@@ -487,11 +496,12 @@ impl StepRow {
             gen_cpu_pct: f[11],
             cpu0_pct: f[12],
             cpu1_pct: f[13],
+            per_core0_s: f[14],
         }
     }
 
     fn median_of(rows: &[StepRow]) -> StepRow {
-        let mut out = [0.0; 14];
+        let mut out = [0.0; 15];
         for (k, slot) in out.iter_mut().enumerate() {
             let column: Vec<f64> = rows.iter().map(|r| r.fields()[k]).collect();
             *slot = median(&column);
@@ -505,7 +515,7 @@ impl StepRow {
 
     fn print(&self, note: &str) {
         println!(
-            "{:>10.0} {:>10.0} {:>12.0} {:>8.3} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>8.2} {:>10.1} {:>11.0} {:>5.0} {:>6.0} {:>5.0} {note}",
+            "{:>10.0} {:>10.0} {:>12.0} {:>8.3} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>8.2} {:>10.1} {:>11.0} {:>5.0} {:>6.0} {:>5.0} {:>13.0} {note}",
             self.offered,
             self.published_per_s,
             self.delivered_per_s,
@@ -520,6 +530,7 @@ impl StepRow {
             self.gen_cpu_pct,
             self.cpu0_pct,
             self.cpu1_pct,
+            self.per_core0_s,
         );
     }
 }
@@ -620,6 +631,9 @@ async fn measure_step(
         gen_cpu_pct: cpu_delta(gen0, gen1) / wall * 100.0,
         cpu0_pct: busy.first().copied().unwrap_or(f64::NAN),
         cpu1_pct: busy.get(1).copied().unwrap_or(f64::NAN),
+        // Core 0 is the servers' core under scripts/bench; its busy time includes the softirq
+        // work of loopback TCP that no process is charged for.
+        per_core0_s: delivered / (busy.first().copied().unwrap_or(f64::NAN) / 100.0 * wall),
     }
 }
 
@@ -836,7 +850,7 @@ fn print_comparison(work: &Work, o: &Opts, base: &Outcome, real: &Outcome) {
                     .map(|(x, y)| ratio(*x, y))
                     .collect();
                 println!(
-                    "{:>10.0} {:>10} {:>12} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>11} {:>5} {:>6} {:>5}",
+                    "{:>10.0} {:>10} {:>12} {:>8} {:>7} {:>7} {:>7} {:>7} {:>8} {:>10} {:>11} {:>5} {:>6} {:>5} {:>13}",
                     rb.offered,
                     f[1],
                     f[2],
@@ -850,7 +864,8 @@ fn print_comparison(work: &Work, o: &Opts, base: &Outcome, real: &Outcome) {
                     f[10],
                     f[11],
                     f[12],
-                    f[13]
+                    f[13],
+                    f[14]
                 );
             }
             if matches!(
@@ -952,6 +967,7 @@ fn headline(work: &Work, o: &Opts, out: &Outcome) -> Vec<(&'static str, f64)> {
                 ("p50_ms", x.p50_ms),
                 ("p99_ms", x.p99_ms),
                 ("srv_cpu_s", x.srv_cpu_s),
+                ("cpu0_pct", x.cpu0_pct),
                 ("deliv_per_cpu_s", x.per_cpu_s),
             ],
             None => Vec::new(),
