@@ -8,12 +8,13 @@
 //! No auth, no tenants, no limits, no presence: it is a floor, not a server.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -23,6 +24,8 @@ use super::wire::{self, Vsn};
 
 /// Frames queued per connection before it counts as a slow consumer and is closed.
 const OUTBOX_CAPACITY: usize = 16 * 1024;
+/// Listen queue length (the kernel caps it at `net.core.somaxconn`, 4096 here).
+const LISTEN_BACKLOG: u32 = 4096;
 /// Most frames written between two flushes.
 const MAX_BATCH: usize = 512;
 
@@ -103,7 +106,12 @@ impl Hub {
 
 /// Runs the baseline server on `127.0.0.1:port` until the process is killed.
 pub async fn serve(port: u16) -> std::io::Result<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+    // `TcpListener::bind` listens with a backlog of 128, which a burst of connects overflows
+    // while the one core is busy (each overflow costs the client a 1 s SYN retransmit).
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
     eprintln!("baseline-server: listening on 127.0.0.1:{port}");
     let hub = Arc::new(Hub::default());
     let mut next_conn = 0u64;
