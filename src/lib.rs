@@ -3,6 +3,8 @@
 //! # Module map (layers, lowest first; imports point down only)
 //! - L0 base: [`types`] (ids), [`error`] (operational `ErrorCode`), [`config`] (typed `Config`
 //!   from the environment), [`telemetry`] (logging).
+//! - L1 pure logic: [`limits`] (per-tenant rate counters, token buckets, client presence window;
+//!   the clock is an argument).
 //! - L2 outside world: `db` (metadata Postgres pool and `_realtime` migrations), `tenants`
 //!   (tenant records, encrypted secrets, cache, self-host seed), `auth` (JWT verification).
 //! - L6 edges: `api` (axum: tenants API, health).
@@ -10,9 +12,17 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
 
+pub mod api;
 pub mod app;
+pub mod auth;
+pub mod broadcast;
+pub mod channel;
 pub mod config;
+pub mod db;
 pub mod error;
+pub mod hub;
+pub mod limits;
+pub mod phoenix;
 pub mod telemetry;
 pub mod tenants;
 pub mod types;

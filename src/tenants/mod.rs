@@ -1,6 +1,487 @@
 //! Tenant records: the `_realtime.tenants` / `_realtime.extensions` rows, their encrypted
 //! secrets, a cache with explicit invalidation, and the self-host seed.
+//!
+//! [`Tenants`] is the entry type. It owns the SQL (through `db::Db`), decrypts secrets on load,
+//! validates and encrypts on write, and announces every change on a broadcast channel
+//! ([`Tenants::subscribe`]) that later layers use to disconnect sockets. It knows nothing of
+//! HTTP or WebSockets.
 
+mod cache;
+mod crypto;
 mod model;
+mod seed;
+mod store;
+mod validation;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+use crate::config::{LimitDefaults, Secret};
+use crate::db::{Db, DbError, PgError};
+use crate::error::{ErrorCode, OperationalError};
+use crate::types::TenantId;
+
+pub use crypto::{Cipher, CryptoError, InvalidKeyLength};
 pub use model::{Extension, POSTGRES_CDC_RLS, Tenant, TenantLimits};
+pub use seed::seed_self_host;
+pub use validation::{ENCRYPTED_SETTINGS, FieldErrors};
+
+/// How many change events a slow subscriber may lag behind before it misses some.
+const EVENT_CAPACITY: usize = 256;
+/// Attempts of an upsert that lost a creation race to another writer.
+const UPSERT_ATTEMPTS: usize = 3;
+
+/// Errors of tenant operations.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantsError {
+    /// No tenant with this external id.
+    #[error("tenant {0} not found")]
+    NotFound(TenantId),
+    /// The upsert body broke the rules; nothing was written.
+    #[error("invalid tenant: {0:?}")]
+    Invalid(FieldErrors),
+    /// The metadata database failed; the transaction was rolled back.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A secret could not be encrypted.
+    #[error("cannot encrypt a tenant secret: {0}")]
+    Encrypt(CryptoError),
+    /// A stored secret could not be decrypted (wrong `DB_ENC_KEY`, or a corrupt value).
+    #[error("cannot decrypt {field} of tenant {tenant}: {source}")]
+    Decrypt {
+        /// The tenant.
+        tenant: String,
+        /// The column or setting.
+        field: String,
+        /// Why.
+        source: CryptoError,
+    },
+    /// Concurrent writers kept creating the same tenant under this upsert; retry.
+    #[error("tenant {0} was changed concurrently")]
+    Conflict(TenantId),
+    /// An extension lacks a DB setting or holds an unusable one.
+    #[error("extension setting {field} of tenant {tenant} is missing or invalid")]
+    BadSetting {
+        /// The tenant.
+        tenant: String,
+        /// The setting.
+        field: &'static str,
+    },
+}
+
+impl From<PgError> for TenantsError {
+    fn from(err: PgError) -> Self {
+        TenantsError::Db(DbError::Query(err))
+    }
+}
+
+impl OperationalError for TenantsError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            TenantsError::NotFound(_) => ErrorCode::TenantNotFound,
+            TenantsError::Invalid(_) => ErrorCode::UnprocessableEntity,
+            TenantsError::Db(err) => err.code(),
+            TenantsError::Conflict(_) => ErrorCode::MetadataDatabaseError,
+            TenantsError::Encrypt(_) => ErrorCode::EncryptionError,
+            TenantsError::Decrypt { .. } => ErrorCode::DecryptionError,
+            TenantsError::BadSetting { .. } => ErrorCode::InvalidConfiguration,
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            TenantsError::NotFound(_) => "Tenant not found".into(),
+            TenantsError::Invalid(_) => "invalid tenant".into(),
+            TenantsError::Db(err) => err.client_message(),
+            TenantsError::Conflict(_) => "tenant was changed concurrently, retry".into(),
+            TenantsError::Encrypt(_) => "unable to encrypt tenant secrets".into(),
+            TenantsError::Decrypt { .. } => "unable to decrypt tenant secrets".into(),
+            TenantsError::BadSetting { .. } => "invalid tenant extension settings".into(),
+        }
+    }
+}
+
+/// What happened to a tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantChange {
+    /// Created by an upsert or the seed.
+    Created,
+    /// Updated by an upsert.
+    Updated,
+    /// Deleted.
+    Deleted,
+    /// `POST /api/tenants/:id/reload`: drop connections and sockets, reload the record.
+    Reloaded,
+    /// `POST /api/tenants/:id/shutdown`: drop the tenant's database connections.
+    Shutdown,
+}
+
+/// A tenant change announced to subscribers, after it was committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantEvent {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// The change.
+    pub change: TenantChange,
+}
+
+/// Decrypted connection settings of a tenant database (from a `postgres_cdc_rls` extension).
+#[derive(Clone, Debug)]
+pub struct TenantDbSettings {
+    /// `db_host`.
+    pub host: String,
+    /// `db_port`.
+    pub port: u16,
+    /// `db_name`.
+    pub name: String,
+    /// `db_user`.
+    pub user: String,
+    /// `db_password`.
+    pub password: Secret,
+    /// `region`.
+    pub region: Option<String>,
+    /// `ssl_enforced` (default true).
+    pub ssl_enforced: bool,
+    /// `publication`.
+    pub publication: String,
+    /// `slot_name`.
+    pub slot_name: String,
+}
+
+/// The tenant registry: cached reads, transactional writes, change events.
+///
+/// Cheap to clone: clones share the cache and the event channel.
+#[derive(Clone, Debug)]
+pub struct Tenants {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Db,
+    cipher: Cipher,
+    defaults: LimitDefaults,
+    cache: cache::TenantCache,
+    events: broadcast::Sender<TenantEvent>,
+}
+
+/// Whether a write may update an existing tenant.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum WriteMode {
+    Upsert,
+    CreateOnly,
+}
+
+impl Tenants {
+    /// Builds the registry over the metadata database.
+    ///
+    /// `cache_ttl` is `TENANT_CACHE_EXPIRATION_IN_MS`; `defaults` fill unset limits on writes.
+    pub fn new(db: Db, cipher: Cipher, defaults: LimitDefaults, cache_ttl: Duration) -> Tenants {
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Tenants {
+            inner: Arc::new(Inner {
+                db,
+                cipher,
+                defaults,
+                cache: cache::TenantCache::new(cache_ttl),
+                events,
+            }),
+        }
+    }
+
+    /// Subscribes to tenant change events (sent after the change is committed).
+    pub fn subscribe(&self) -> broadcast::Receiver<TenantEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Returns a tenant by external id, from the cache when fresh.
+    ///
+    /// # Errors
+    /// [`TenantsError::Db`] or [`TenantsError::Decrypt`].
+    pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, TenantsError> {
+        let cache = &self.inner.cache;
+        if let Some(tenant) = cache.get(id, Instant::now()) {
+            return Ok(Some(tenant));
+        }
+        let generation = cache.generation();
+        let mut client = self.inner.db.client().await?;
+        let tx = client.transaction().await?;
+        let stored = store::load(&tx, Some(id.as_str()), false).await?;
+        tx.commit().await?;
+        let Some(stored) = stored.into_iter().next() else {
+            return Ok(None);
+        };
+        let tenant = Arc::new(self.decrypt(stored)?);
+        cache.insert(tenant.clone(), generation, Instant::now());
+        Ok(Some(tenant))
+    }
+
+    /// Returns every tenant, oldest first (not cached).
+    ///
+    /// # Errors
+    /// [`TenantsError::Db`] or [`TenantsError::Decrypt`].
+    pub async fn list(&self) -> Result<Vec<Tenant>, TenantsError> {
+        let mut client = self.inner.db.client().await?;
+        let tx = client.transaction().await?;
+        let stored = store::load(&tx, None, false).await?;
+        tx.commit().await?;
+        stored.into_iter().map(|s| self.decrypt(s)).collect()
+    }
+
+    /// Creates or updates a tenant from an API body (`{"tenant": {...}}`) in one transaction.
+    ///
+    /// `path_id` is the id of `PUT/PATCH /api/tenants/:id`; `None` takes `tenant.external_id`.
+    /// Returns the stored tenant and whether it was created.
+    ///
+    /// # Errors
+    /// [`TenantsError::Invalid`] with every field error (nothing written), or a database or
+    /// encryption error (the transaction is rolled back).
+    pub async fn upsert(
+        &self,
+        path_id: Option<&TenantId>,
+        body: &Value,
+    ) -> Result<(Arc<Tenant>, bool), TenantsError> {
+        let id = path_id.cloned().unwrap_or_else(|| TenantId::from(""));
+        // Upsert mode returns `None` only if the row vanished between insert race and retry.
+        self.write(path_id, body, WriteMode::Upsert)
+            .await?
+            .ok_or(TenantsError::Conflict(id))
+    }
+
+    /// Creates a tenant from an API body only if its external id is free; returns whether it did.
+    ///
+    /// Safe against concurrent callers: exactly one of them creates it.
+    ///
+    /// # Errors
+    /// As [`Tenants::upsert`].
+    pub async fn create_if_missing(&self, body: &Value) -> Result<bool, TenantsError> {
+        Ok(self
+            .write(None, body, WriteMode::CreateOnly)
+            .await?
+            .is_some())
+    }
+
+    async fn write(
+        &self,
+        path_id: Option<&TenantId>,
+        body: &Value,
+        mode: WriteMode,
+    ) -> Result<Option<(Arc<Tenant>, bool)>, TenantsError> {
+        let lookup_id = path_id.map(|id| id.as_str().to_string()).or_else(|| {
+            body.get("tenant")
+                .and_then(|t| t.get("external_id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        for _ in 0..UPSERT_ATTEMPTS {
+            let mut client = self.inner.db.client().await?;
+            let tx = client.transaction().await?;
+            let existing = match &lookup_id {
+                Some(id) => store::load(&tx, Some(id), true).await?.into_iter().next(),
+                None => None,
+            };
+            if existing.is_some() && mode == WriteMode::CreateOnly {
+                return Ok(None);
+            }
+            let existing = existing.map(|s| self.decrypt(s)).transpose()?;
+            let write = validation::validate_upsert(
+                body,
+                path_id.map(TenantId::as_str),
+                existing.as_ref(),
+                &self.inner.defaults,
+            )
+            .map_err(TenantsError::Invalid)?;
+            let jwt_secret = write
+                .jwt_secret
+                .as_deref()
+                .map(|s| self.inner.cipher.encrypt(s))
+                .transpose()
+                .map_err(TenantsError::Encrypt)?;
+            let created = existing.is_none();
+            if created {
+                if !store::insert_tenant(&tx, &write, jwt_secret.as_deref()).await? {
+                    // Another writer created it after our read: start over (or stop, if we
+                    // only create).
+                    tx.rollback().await?;
+                    if mode == WriteMode::CreateOnly {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+            } else {
+                store::update_tenant(&tx, &write, jwt_secret.as_deref()).await?;
+            }
+            if let Some(extensions) = &write.extensions {
+                let mut encrypted = Vec::with_capacity(extensions.len());
+                for extension in extensions {
+                    let mut settings = extension.settings.clone();
+                    for key in ENCRYPTED_SETTINGS {
+                        if let Some(Value::String(plain)) = settings.get(key) {
+                            let sealed = self
+                                .inner
+                                .cipher
+                                .encrypt(plain)
+                                .map_err(TenantsError::Encrypt)?;
+                            settings.insert(key.to_string(), Value::String(sealed));
+                        }
+                    }
+                    encrypted.push((extension.kind.clone(), settings));
+                }
+                store::replace_extensions(&tx, write.external_id.as_str(), &encrypted).await?;
+            }
+            let stored = store::load(&tx, Some(write.external_id.as_str()), false)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| TenantsError::NotFound(write.external_id.clone()))?;
+            tx.commit().await?;
+            let tenant = Arc::new(self.decrypt(stored)?);
+            let change = if created {
+                TenantChange::Created
+            } else {
+                TenantChange::Updated
+            };
+            self.invalidate_and_announce(&tenant.external_id, change);
+            return Ok(Some((tenant, created)));
+        }
+        Err(TenantsError::Conflict(TenantId::new(
+            lookup_id.unwrap_or_default(),
+        )))
+    }
+
+    /// Deletes a tenant and its extensions; returns whether it existed.
+    ///
+    /// # Errors
+    /// [`TenantsError::Db`] (nothing deleted).
+    pub async fn delete(&self, id: &TenantId) -> Result<bool, TenantsError> {
+        let mut client = self.inner.db.client().await?;
+        let tx = client.transaction().await?;
+        let existed = store::delete_tenant(&tx, id.as_str()).await?;
+        tx.commit().await?;
+        if existed {
+            self.invalidate_and_announce(id, TenantChange::Deleted);
+        }
+        Ok(existed)
+    }
+
+    /// Drops the cached record and announces `change` (reload, shutdown) if the tenant exists.
+    ///
+    /// # Errors
+    /// [`TenantsError::NotFound`], or the errors of [`Tenants::get`].
+    pub async fn signal(&self, id: &TenantId, change: TenantChange) -> Result<(), TenantsError> {
+        self.inner.cache.invalidate(id);
+        if self.get(id).await?.is_none() {
+            return Err(TenantsError::NotFound(id.clone()));
+        }
+        self.invalidate_and_announce(id, change);
+        Ok(())
+    }
+
+    /// Decrypts the DB settings of an extension of `tenant` (`postgres_cdc_rls`).
+    ///
+    /// # Errors
+    /// [`TenantsError::Decrypt`] or [`TenantsError::BadSetting`].
+    pub fn db_settings(
+        &self,
+        tenant: &Tenant,
+        extension: &Extension,
+    ) -> Result<TenantDbSettings, TenantsError> {
+        let s = &extension.settings;
+        let bad = |field| TenantsError::BadSetting {
+            tenant: tenant.external_id.to_string(),
+            field,
+        };
+        let secret = |field: &'static str| -> Result<String, TenantsError> {
+            let stored = s
+                .get(field)
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(field))?;
+            self.inner
+                .cipher
+                .decrypt(stored)
+                .map_err(|source| TenantsError::Decrypt {
+                    tenant: tenant.external_id.to_string(),
+                    field: field.to_string(),
+                    source,
+                })
+        };
+        let text = |field: &str, default: &str| {
+            s.get(field)
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string()
+        };
+        Ok(TenantDbSettings {
+            host: secret("db_host")?,
+            port: secret("db_port")?
+                .trim()
+                .parse()
+                .map_err(|_| bad("db_port"))?,
+            name: secret("db_name")?,
+            user: secret("db_user")?,
+            password: Secret::new(secret("db_password")?),
+            region: s.get("region").and_then(Value::as_str).map(str::to_string),
+            ssl_enforced: s
+                .get("ssl_enforced")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+            publication: text("publication", "supabase_realtime"),
+            slot_name: text("slot_name", "supabase_realtime_replication_slot"),
+        })
+    }
+
+    fn invalidate_and_announce(&self, id: &TenantId, change: TenantChange) {
+        self.inner.cache.invalidate(id);
+        // An error only means nobody is subscribed yet.
+        let _ = self.inner.events.send(TenantEvent {
+            tenant: id.clone(),
+            change,
+        });
+    }
+
+    fn decrypt(&self, stored: store::StoredTenant) -> Result<Tenant, TenantsError> {
+        let jwt_secret = stored
+            .jwt_secret
+            .as_deref()
+            .map(|value| {
+                self.inner
+                    .cipher
+                    .decrypt(value)
+                    .map_err(|source| TenantsError::Decrypt {
+                        tenant: stored.external_id.clone(),
+                        field: "jwt_secret".into(),
+                        source,
+                    })
+            })
+            .transpose()?
+            .map(Secret::new);
+        Ok(Tenant {
+            id: stored.id,
+            external_id: TenantId::new(stored.external_id),
+            name: stored.name,
+            jwt_secret,
+            jwt_jwks: stored.jwt_jwks,
+            postgres_cdc_default: stored.postgres_cdc_default,
+            limits: stored.limits,
+            presence_enabled: stored.presence_enabled,
+            private_only: stored.private_only,
+            suspend: stored.suspend,
+            migrations_ran: stored.migrations_ran,
+            extensions: stored
+                .extensions
+                .into_iter()
+                .map(|e| Extension {
+                    kind: e.kind,
+                    settings: e.settings,
+                    inserted_at: e.inserted_at,
+                    updated_at: e.updated_at,
+                })
+                .collect(),
+            inserted_at: stored.inserted_at,
+            updated_at: stored.updated_at,
+        })
+    }
+}

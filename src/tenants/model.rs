@@ -78,3 +78,37 @@ pub struct Extension {
     /// Last update time (UTC).
     pub updated_at: NaiveDateTime,
 }
+
+#[cfg(test)]
+impl Tenant {
+    /// A tenant with default limits, a JWT secret and no extensions.
+    pub(crate) fn for_test(external_id: &str) -> Tenant {
+        let epoch = chrono::DateTime::UNIX_EPOCH.naive_utc();
+        Tenant {
+            id: Uuid::nil(),
+            external_id: TenantId::from(external_id),
+            name: external_id.to_string(),
+            jwt_secret: Some(Secret::new("test-secret")),
+            jwt_jwks: None,
+            postgres_cdc_default: POSTGRES_CDC_RLS.to_string(),
+            limits: TenantLimits {
+                max_concurrent_users: 200,
+                max_events_per_second: 100,
+                max_bytes_per_second: 100_000,
+                max_channels_per_client: 100,
+                max_joins_per_second: 100,
+                max_presence_events_per_second: 1000,
+                max_payload_size_in_kb: 3000,
+                max_client_presence_events_per_window: None,
+                client_presence_window_ms: None,
+            },
+            presence_enabled: false,
+            private_only: false,
+            suspend: false,
+            migrations_ran: 0,
+            extensions: Vec::new(),
+            inserted_at: epoch,
+            updated_at: epoch,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The HTTP edge (axum): the tenants management API, node and tenant health, `/api/ping`.
+//!
+//! [`router`] builds every route of this module over an [`ApiState`], served both at the root
+//! and under `/realtime/v1`. `app` merges other routers (broadcast API, WebSocket) next to it.
+//! Errors of lower modules become HTTP statuses in one place, [`rejection`]'s `ApiError`; axum's
+//! own plain-text rejections are replaced by JSON ones.
+
+mod health;
+mod rejection;
+mod tenants;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::config::ApiConfig;
+use crate::tenants::Tenants;
+
+pub use rejection::{ApiError, JsonBody};
+
+/// Prefix under which every route is served a second time (the self-hosting gateway's path).
+pub const PATH_PREFIX: &str = "/realtime/v1";
+/// Largest tenants API request body, bytes (also capped by `MAX_REQUEST_BODY_BYTES`).
+pub const TENANTS_BODY_LIMIT: usize = 1 << 20;
+
+/// What every handler of this module may use. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ApiState {
+    /// The tenant registry.
+    pub tenants: Tenants,
+    /// Management API secrets and checks.
+    pub api: Arc<ApiConfig>,
+    /// This node's name, shown by tenant health.
+    pub node_name: Arc<str>,
+    /// This node's region (`REGION`), shown by tenant health.
+    pub region: Option<Arc<str>>,
+    /// Largest accepted JSON body of the tenants API, bytes.
+    pub body_limit: usize,
+}
+
+/// Builds the router of this module, served at `/` and at [`PATH_PREFIX`].
+pub fn router(state: ApiState) -> Router {
+    let routes = Router::new()
+        .merge(tenants::routes(&state))
+        .merge(health::routes());
+    Router::new()
+        .merge(routes.clone())
+        .nest(PATH_PREFIX, routes)
+        .fallback(rejection::not_found)
+        .with_state(state)
+}
