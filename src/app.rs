@@ -13,10 +13,20 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
 use crate::api::{self, ApiState};
+use crate::broadcast::{Broadcaster, NoPeers};
+use crate::channel::ChannelContext;
 use crate::config::Config;
 use crate::db::Db;
-use crate::tenants::{self, Cipher, Tenants};
+use crate::hub::Hub;
+use crate::limits::{Limits, LimitsConfig};
+use crate::tenants::{self, Cipher, TenantChange, Tenants};
+use crate::transport::{self, Transport};
 
 /// Entry point of the `realtime` binary: reads the configuration, starts logging and runs
 /// until SIGTERM or Ctrl-C.
@@ -66,6 +76,10 @@ pub struct RunningApp {
     local_addr: SocketAddr,
     tenants: Tenants,
     db: Db,
+    hub: Arc<Hub>,
+    draining: Arc<AtomicBool>,
+    sockets_stop: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
 }
@@ -81,11 +95,23 @@ impl RunningApp {
         &self.tenants
     }
 
-    /// Stops accepting connections, lets in-flight requests finish, then closes the DB pool.
+    /// Returns this node's hub (rooms and connections).
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Refuses new joins, closes every socket (1001), stops accepting connections, lets
+    /// in-flight requests finish, then closes the DB pool.
     ///
     /// # Errors
     /// When the HTTP server task failed.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.draining.store(true, Ordering::Relaxed);
+        // Err only means no socket is listening.
+        let _ = self.sockets_stop.send(true);
+        for task in self.background.drain(..) {
+            task.abort();
+        }
         if let Some(stop) = self.stop.take() {
             // Err means the server already stopped on its own; the join below reports why.
             let _ = stop.send(());
@@ -139,7 +165,52 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         region: config.region.as_deref().map(Arc::from),
         body_limit: config.http.max_body_bytes,
     };
-    let router = api::router(state);
+    let hub = Hub::new();
+    let broadcaster = Arc::new(Broadcaster::new(hub.clone(), Arc::new(NoPeers)));
+    let limits = Arc::new(Limits::new(LimitsConfig::new(&config.channel)));
+    let draining = Arc::new(AtomicBool::new(false));
+    let (sockets_stop, sockets_stopped) = watch::channel(false);
+    let channels = Arc::new(ChannelContext {
+        tenants: tenants.clone(),
+        hub: hub.clone(),
+        broadcaster: broadcaster.clone(),
+        join_error_backoff: config.channel.join_error_backoff,
+        claim_validators: config.api.jwt_claim_validators.clone(),
+        draining: draining.clone(),
+    });
+    let transport = Arc::new(Transport {
+        channels,
+        limits: limits.clone(),
+        config: config.transport.clone(),
+        connect_error_backoff: config.channel.connect_error_backoff,
+        no_channel_timeout: config.channel.no_channel_timeout,
+        max_connections: config.http.max_connections as usize,
+        open_sockets: AtomicUsize::new(0),
+        shutdown: sockets_stopped,
+    });
+    let background = vec![
+        tokio::spawn(disconnect_on_tenant_changes(tenants.clone(), hub.clone())),
+        tokio::spawn(sweep_idle_limits(limits.clone())),
+    ];
+    let broadcast_api = Arc::new(api::BroadcastApi {
+        tenants: tenants.clone(),
+        broadcaster: broadcaster.clone(),
+        limits: limits.clone(),
+        claim_validators: config.api.jwt_claim_validators.clone(),
+        fallback_tenant: config
+            .transport
+            .fallback_tenant
+            .as_deref()
+            .map(crate::types::TenantId::from),
+        body_limit: config.http.max_body_bytes,
+    });
+    let router = api::router(state)
+        .merge(api::broadcast_routes(broadcast_api))
+        .merge(transport::router(transport))
+        .layer(axum::middleware::from_fn_with_state(
+            config.http.max_header_length,
+            api::limit_header_length,
+        ));
 
     let listen = config.http.listen_addr();
     let listener = TcpListener::bind(listen)
@@ -160,9 +231,45 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         local_addr,
         tenants,
         db,
+        hub,
+        draining,
+        sockets_stop,
+        background,
         stop: Some(stop),
         server,
     })
+}
+
+/// Closes the sockets of a tenant whose record changed in a way sockets must see (PROTOCOL.md
+/// 1.7: deleted, reloaded, or updated).
+async fn disconnect_on_tenant_changes(tenants: Tenants, hub: Arc<Hub>) {
+    let mut events = tenants.subscribe();
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                if matches!(
+                    event.change,
+                    TenantChange::Updated | TenantChange::Deleted | TenantChange::Reloaded
+                ) {
+                    let n = hub.disconnect_tenant(&event.tenant);
+                    tracing::info!(tenant = %event.tenant, change = ?event.change, sockets = n, "tenant changed; disconnecting its sockets");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "tenant change events were missed");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Drops the rate counters of tenants that went idle, so the map shrinks again.
+async fn sweep_idle_limits(limits: Arc<Limits>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        limits.sweep(std::time::Instant::now());
+    }
 }
 
 async fn wait_for_shutdown_signal() {

@@ -274,6 +274,29 @@ pub struct ChannelConfig {
     pub client_presence_window: Duration,
 }
 
+/// WebSocket transport settings (additions of this server; the original hard-codes them).
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// `FALLBACK_TENANT`: tenant used when the Host's first label names no tenant (so
+    /// `ws://localhost:4000/...` works in a self-hosted setup). Default: `SELF_HOST_TENANT_NAME`
+    /// when `SEED_SELF_HOST=true`, else none; `none` turns it off.
+    pub fallback_tenant: Option<String>,
+    /// `WS_MAX_FRAME_BYTES`: largest accepted WebSocket message, bytes. Default 5000000 (the
+    /// original's limit); larger frames close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// `WS_OUTBOX_CAPACITY`: messages queued for one socket before it is closed as a slow
+    /// consumer. Default 1024.
+    pub outbox_capacity: usize,
+    /// `WS_IDLE_TIMEOUT_MS`: a socket with no inbound frame for this long is closed. Default 60000.
+    pub idle_timeout: Duration,
+    /// `WS_WRITE_TIMEOUT_MS`: a write that cannot complete for this long closes the socket.
+    /// Default 10000.
+    pub write_timeout: Duration,
+    /// `WS_MAX_FRAMES_PER_SECOND`: inbound frames one socket may send per second (burst twice
+    /// that); excess frames are dropped. Default 10000.
+    pub max_frames_per_second: u32,
+}
+
 /// The janitor that cleans tenant databases (`RUN_JANITOR` and friends).
 #[derive(Clone, Debug)]
 pub struct JanitorConfig {
@@ -330,6 +353,8 @@ pub struct Config {
     pub seed: SeedConfig,
     /// Channel and socket timings.
     pub channel: ChannelConfig,
+    /// WebSocket transport.
+    pub transport: TransportConfig,
     /// Janitor.
     pub janitor: JanitorConfig,
     /// Cluster.
@@ -522,6 +547,27 @@ impl Config {
             )?,
         };
 
+        let fallback_tenant = match env.non_empty("FALLBACK_TENANT") {
+            Some(v) if v.eq_ignore_ascii_case("none") => None,
+            Some(v) => Some(external_id(&v).map_err(|problem| ConfigError::Invalid {
+                var: "FALLBACK_TENANT",
+                problem: format!("`{v}` {problem}"),
+            })?),
+            None => seed.enabled.then(|| seed.tenant_name.clone()),
+        };
+        let transport = TransportConfig {
+            fallback_tenant,
+            max_frame_bytes: env.parse_or("WS_MAX_FRAME_BYTES", 5_000_000, positive_usize)?,
+            outbox_capacity: env.parse_or("WS_OUTBOX_CAPACITY", 1024, positive_usize)?,
+            idle_timeout: env.parse_or("WS_IDLE_TIMEOUT_MS", Duration::from_secs(60), millis)?,
+            write_timeout: env.parse_or("WS_WRITE_TIMEOUT_MS", Duration::from_secs(10), millis)?,
+            max_frames_per_second: env.parse_or(
+                "WS_MAX_FRAMES_PER_SECOND",
+                10_000,
+                positive_u32,
+            )?,
+        };
+
         let janitor = JanitorConfig {
             enabled: env.parse_or("RUN_JANITOR", false, boolean)?,
             schedule_timer: env.parse_or(
@@ -587,6 +633,7 @@ impl Config {
             limits,
             seed,
             channel,
+            transport,
             janitor,
             cluster,
             app_name,
@@ -890,6 +937,30 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.janitor.max_children, 9);
+    }
+
+    #[test]
+    fn fallback_tenant_follows_the_seed_unless_set() {
+        assert_eq!(parse(&[]).unwrap().transport.fallback_tenant, None);
+        let seeded = parse(&[("SEED_SELF_HOST", "true")]).unwrap();
+        assert_eq!(
+            seeded.transport.fallback_tenant.as_deref(),
+            Some("realtime-dev")
+        );
+        let off = parse(&[("SEED_SELF_HOST", "true"), ("FALLBACK_TENANT", "none")]).unwrap();
+        assert_eq!(off.transport.fallback_tenant, None);
+        let named = parse(&[("FALLBACK_TENANT", "acme")]).unwrap();
+        assert_eq!(named.transport.fallback_tenant.as_deref(), Some("acme"));
+        assert_eq!(
+            parse(&[("FALLBACK_TENANT", "a.b")]).unwrap_err().variable(),
+            "FALLBACK_TENANT"
+        );
+        assert_eq!(
+            parse(&[("WS_OUTBOX_CAPACITY", "0")])
+                .unwrap_err()
+                .variable(),
+            "WS_OUTBOX_CAPACITY"
+        );
     }
 
     #[test]

@@ -25,4 +25,5 @@ pub mod limits;
 pub mod phoenix;
 pub mod telemetry;
 pub mod tenants;
+pub mod transport;
 pub mod types;

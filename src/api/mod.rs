@@ -5,6 +5,8 @@
 //! Errors of lower modules become HTTP statuses in one place, [`rejection`]'s `ApiError`; axum's
 //! own plain-text rejections are replaced by JSON ones.
 
+mod broadcast;
+mod header_limit;
 mod health;
 mod rejection;
 mod tenants;
@@ -16,6 +18,8 @@ use axum::Router;
 use crate::config::ApiConfig;
 use crate::tenants::Tenants;
 
+pub use broadcast::{BroadcastApi, broadcast_routes};
+pub use header_limit::limit_header_length;
 pub use rejection::{ApiError, JsonBody};
 
 /// Prefix under which every route is served a second time (the self-hosting gateway's path).

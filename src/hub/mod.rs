@@ -138,6 +138,14 @@ impl Drop for ConnectionRegistration {
     }
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("rooms", &self.room_count())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Hub {
     /// Creates an empty hub.
     pub fn new() -> Arc<Hub> {

@@ -1,0 +1,410 @@
+//! The HTTP broadcast endpoints (PROTOCOL.md 4.5): `POST /api/broadcast` (batch of JSON
+//! messages) and `POST /api/broadcast/{topic}/events/{event}` (one payload, JSON or bytes),
+//! both with open CORS (preflight answered here), tenant from Host, a tenant rate check and
+//! client-JWT auth. Publishing goes through `broadcast::Broadcaster`, like client pushes.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Map, Value, json};
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::auth::{TenantKeys, verify_client_token};
+use crate::broadcast::Broadcaster;
+use crate::error::{ErrorCode, OperationalError};
+use crate::hub::{FanoutMessage, RoomKey};
+use crate::limits::{LimitExceeded, Limits, TenantLimiter};
+use crate::phoenix::{PayloadEncoding, UserBroadcast};
+use crate::tenants::{Tenant, Tenants};
+use crate::types::TenantId;
+
+/// What the broadcast endpoints use.
+pub struct BroadcastApi {
+    /// Tenant records.
+    pub tenants: Tenants,
+    /// The publish seam.
+    pub broadcaster: Arc<Broadcaster>,
+    /// Tenant rate counters.
+    pub limits: Arc<Limits>,
+    /// `JWT_CLAIM_VALIDATORS`.
+    pub claim_validators: Map<String, Value>,
+    /// `FALLBACK_TENANT`, as for WebSockets.
+    pub fallback_tenant: Option<TenantId>,
+    /// Largest request body, bytes.
+    pub body_limit: usize,
+}
+
+/// Builds the broadcast routes, at `/api/...` and `/realtime/v1/api/...`.
+pub fn broadcast_routes(api: Arc<BroadcastApi>) -> Router {
+    let body_limit = api.body_limit;
+    let routes = Router::new()
+        .route("/api/broadcast", post(batch))
+        .route("/api/broadcast/{topic}/events/{event}", post(single));
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(Any)
+        .max_age(std::time::Duration::from_secs(86_400));
+    Router::new()
+        .merge(routes.clone())
+        .nest(super::PATH_PREFIX, routes)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors)
+        .with_state(api)
+}
+
+fn message(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+/// The tenant, its counters and the rolling rate, once the shared checks passed.
+struct Admitted {
+    tenant: Arc<Tenant>,
+    limiter: TenantLimiter,
+    rate: f64,
+}
+
+fn with_rate_headers(mut response: Response, tenant: &Tenant, rate: f64) -> Response {
+    let limit = tenant.limits.max_events_per_second;
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-rate-rolling", format!("{rate:.1}"));
+    set("x-rate-limit", limit.to_string());
+    set(
+        "x-rate-limit-remaining",
+        (f64::from(limit) - rate).max(0.0).floor().to_string(),
+    );
+    response
+}
+
+fn bearer_or_apikey(headers: &HeaderMap) -> Result<Option<String>, ()> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let parts: Vec<&str> = auth.split(' ').collect();
+    if parts.len() == 2 && parts[0].eq_ignore_ascii_case("bearer") && !parts[1].is_empty() {
+        return Ok(Some(parts[1].to_string()));
+    }
+    if !auth.is_empty() && parts.len() != 2 {
+        return Err(());
+    }
+    Ok(headers
+        .get("apikey")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string))
+}
+
+/// Tenant from Host (or the fallback), rate check, then JWT: the pipeline before both endpoints.
+async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Response> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let label = crate::transport::tenant_from_host(host);
+    let mut tenant = None;
+    for id in std::iter::once(TenantId::from(label)).chain(api.fallback_tenant.clone()) {
+        match api.tenants.get(&id).await {
+            Ok(Some(t)) => {
+                tenant = Some(t);
+                break;
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::error!(error_code = %err.code(), error = %err, "tenant lookup failed for an HTTP broadcast");
+                return Err(message(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Unable to load the tenant",
+                ));
+            }
+        }
+    }
+    let Some(tenant) = tenant else {
+        return Err(message(
+            StatusCode::UNAUTHORIZED,
+            "Tenant not found in database",
+        ));
+    };
+    let now = std::time::Instant::now();
+    let limiter = api.limits.tenant(&tenant.external_id, now);
+    let rate = match limiter.check_http_request(&tenant.limits, now) {
+        Ok(rate) => rate,
+        Err(err) => {
+            let rate = match err {
+                LimitExceeded::HttpRequests { avg, .. } => avg,
+                _ => f64::from(tenant.limits.max_events_per_second),
+            };
+            let response = message(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+            return Err(with_rate_headers(response, &tenant, rate));
+        }
+    };
+    let unauthorized = || {
+        with_rate_headers(
+            message(StatusCode::UNAUTHORIZED, "Unauthorized"),
+            &tenant,
+            rate,
+        )
+    };
+    let token = bearer_or_apikey(headers)
+        .map_err(|()| unauthorized())?
+        .ok_or_else(unauthorized)?;
+    let keys = TenantKeys {
+        jwt_secret: tenant.jwt_secret.as_ref(),
+        jwks: tenant.jwt_jwks.as_ref(),
+    };
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if let Err(err) = verify_client_token(&token, keys, &api.claim_validators, unix) {
+        tracing::info!(error_code = %err.code(), tenant = %tenant.external_id, "HTTP broadcast refused: {err}");
+        return Err(unauthorized());
+    }
+    if tenant.suspend {
+        return Err(with_rate_headers(
+            message(StatusCode::FORBIDDEN, "Tenant is suspended"),
+            &tenant,
+            rate,
+        ));
+    }
+    Ok(Admitted {
+        tenant,
+        limiter,
+        rate,
+    })
+}
+
+fn max_payload(tenant: &Tenant) -> usize {
+    tenant.limits.max_payload_size_in_kb as usize * 1000
+}
+
+fn unprocessable(errors: Value) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({ "errors": errors })),
+    )
+        .into_response()
+}
+
+fn is_uuid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// `POST /api/broadcast`: `{"messages":[{"topic","event","payload","private"?,"id"?}, ...]}`.
+async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: Bytes) -> Response {
+    let admitted = match admit(&api, &headers).await {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    let Admitted {
+        tenant,
+        limiter,
+        rate,
+    } = admitted;
+    let respond = |r: Response| with_rate_headers(r, &tenant, rate);
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return respond(message(StatusCode::BAD_REQUEST, "malformed JSON body"));
+    };
+    let messages = match body.get("messages") {
+        Some(Value::Array(list)) if !list.is_empty() => list,
+        _ => return respond(unprocessable(json!({"messages": ["can't be blank"]}))),
+    };
+    let mut errors = Vec::with_capacity(messages.len());
+    let mut valid = Vec::with_capacity(messages.len());
+    for m in messages {
+        let mut e = Map::new();
+        let mut field = |name: &str, text: &str| {
+            e.entry(name.to_string())
+                .or_insert_with(|| json!([]))
+                .as_array_mut()
+                .map(|a| a.push(json!(text)));
+        };
+        let topic = m
+            .get("topic")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        let event = m
+            .get("event")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty());
+        if topic.is_none() {
+            field("topic", "can't be blank");
+        }
+        if event.is_none() {
+            field("event", "can't be blank");
+        }
+        let payload = match m.get("payload") {
+            Some(Value::Object(p)) => {
+                let text = Value::Object(p.clone()).to_string();
+                if text.len() > max_payload(&tenant) {
+                    field("payload", "Payload size exceeds tenant limit");
+                }
+                Some(text)
+            }
+            None | Some(Value::Null) => {
+                field("payload", "can't be blank");
+                None
+            }
+            Some(_) => {
+                field("payload", "is invalid");
+                None
+            }
+        };
+        let private = match m.get("private") {
+            None | Some(Value::Null) => Some(false),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                field("private", "is invalid");
+                None
+            }
+        };
+        let id = match m.get("id") {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::String(s)) if is_uuid(s) => Some(Some(s.clone())),
+            Some(_) => {
+                field("id", "is invalid");
+                None
+            }
+        };
+        if let (true, Some(topic), Some(event), Some(payload), Some(private), Some(id)) =
+            (e.is_empty(), topic, event, payload, private, id)
+        {
+            valid.push((topic.to_string(), event.to_string(), payload, private, id));
+        }
+        errors.push(Value::Object(e));
+    }
+    if valid.len() != messages.len() {
+        tracing::info!(error_code = %ErrorCode::UnprocessableEntity, tenant = %tenant.external_id, "HTTP broadcast batch refused");
+        return respond(unprocessable(json!({ "messages": errors })));
+    }
+    let now = std::time::Instant::now();
+    if let Err(err) = limiter.check_http_broadcast_batch(&tenant.limits, valid.len() as u64, now) {
+        return respond(message(StatusCode::TOO_MANY_REQUESTS, err.client_text()));
+    }
+    let mut deliveries = 0u64;
+    for (topic, event, payload, private, id) in valid {
+        if private {
+            // Private writes need an RLS check on realtime.messages, which arrives with the
+            // authorization step; until then they are denied, and denied messages are dropped.
+            tracing::info!(error_code = %ErrorCode::Unauthorized, tenant = %tenant.external_id, topic, "private HTTP broadcast dropped");
+            continue;
+        }
+        let mut envelope = format!(
+            r#"{{"type":"broadcast","event":{},"payload":{}"#,
+            Value::String(event),
+            payload
+        );
+        if let Some(id) = id {
+            envelope.push_str(&format!(r#","meta":{{"id":{}}}"#, Value::String(id)));
+        }
+        envelope.push('}');
+        let room = RoomKey {
+            tenant: tenant.external_id.clone(),
+            private,
+            sub_topic: topic.into(),
+        };
+        let message = FanoutMessage::Json {
+            event: crate::phoenix::EVENT_BROADCAST,
+            payload: envelope.into(),
+        };
+        deliveries += 1 + api.broadcaster.publish(&room, &message, None) as u64;
+    }
+    limiter.add_channel_events(deliveries, now);
+    respond(StatusCode::ACCEPTED.into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct SingleQuery {
+    private: Option<String>,
+}
+
+/// `POST /api/broadcast/{topic}/events/{event}[?private=true]`: the body is the user payload.
+async fn single(
+    State(api): State<Arc<BroadcastApi>>,
+    Path((topic, event)): Path<(String, String)>,
+    Query(query): Query<SingleQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let encoding = match content_type.as_deref() {
+        None => None,
+        Some("application/json") => Some(PayloadEncoding::Json),
+        Some("application/octet-stream") => Some(PayloadEncoding::Binary),
+        Some(_) => {
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Json(json!({"error": "Unsupported Media Type. Use application/json or application/octet-stream"})),
+            )
+                .into_response();
+        }
+    };
+    let Admitted {
+        tenant,
+        limiter,
+        rate,
+    } = match admit(&api, &headers).await {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    let respond = |r: Response| with_rate_headers(r, &tenant, rate);
+    let (encoding, payload) = match encoding {
+        None => (PayloadEncoding::Json, Bytes::from_static(b"{}")),
+        Some(PayloadEncoding::Binary) => (PayloadEncoding::Binary, body),
+        Some(PayloadEncoding::Json) if body.iter().all(u8::is_ascii_whitespace) => {
+            (PayloadEncoding::Json, Bytes::from_static(b"{}"))
+        }
+        Some(PayloadEncoding::Json) => match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(_)) => (PayloadEncoding::Json, body),
+            Ok(other) => (
+                PayloadEncoding::Json,
+                Bytes::from(json!({ "_json": other }).to_string()),
+            ),
+            Err(_) => return respond(message(StatusCode::BAD_REQUEST, "malformed JSON body")),
+        },
+    };
+    if payload.len() > max_payload(&tenant) {
+        return respond(unprocessable(
+            json!({"payload": ["Payload size exceeds tenant limit"]}),
+        ));
+    }
+    let now = std::time::Instant::now();
+    if let Err(err) = limiter.check_http_broadcast(&tenant.limits, now) {
+        return respond(message(StatusCode::TOO_MANY_REQUESTS, err.client_text()));
+    }
+    let private = query.private.as_deref() == Some("true");
+    if private {
+        return respond(message(StatusCode::FORBIDDEN, "Unauthorized"));
+    }
+    let room = RoomKey {
+        tenant: tenant.external_id.clone(),
+        private,
+        sub_topic: topic.into(),
+    };
+    let message = FanoutMessage::User(UserBroadcast {
+        event,
+        encoding,
+        payload,
+        metadata: None,
+    });
+    let delivered = api.broadcaster.publish(&room, &message, None);
+    limiter.add_channel_events(1 + delivered as u64, now);
+    respond(StatusCode::ACCEPTED.into_response())
+}

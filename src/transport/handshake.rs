@@ -1,0 +1,271 @@
+//! The WebSocket handshake: `vsn`, tenant from the Host header, connection JWT, limits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::Transport;
+use super::socket::{SocketParams, run_socket};
+use crate::auth::{TenantKeys, TokenError, verify_client_token};
+use crate::error::{ErrorCode, OperationalError};
+use crate::hub::outbox;
+use crate::limits::LimitExceeded;
+use crate::phoenix::Vsn;
+use crate::tenants::Tenant;
+use crate::types::{ConnId, TenantId};
+
+/// A refused upgrade: status, `{"error": text}`, log code.
+struct Refusal {
+    status: StatusCode,
+    text: &'static str,
+    owned: Option<String>,
+    code: ErrorCode,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, text: &'static str, code: ErrorCode) -> Refusal {
+        Refusal {
+            status,
+            text,
+            owned: None,
+            code,
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let text = self.owned.as_deref().unwrap_or(self.text);
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({ "error": text }).to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Returns the first DNS label of a Host header value (`abcd.supabase.co:443` → `abcd`).
+pub fn tenant_from_host(host: &str) -> &str {
+    let without_port = match host.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    without_port.split('.').next().unwrap_or(without_port)
+}
+
+async fn resolve_tenant(
+    transport: &Transport,
+    headers: &HeaderMap,
+) -> Result<Arc<Tenant>, Refusal> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let tenants = &transport.channels.tenants;
+    let lookup = |id: TenantId| async move { tenants.get(&id).await };
+    let failed = |err: crate::tenants::TenantsError| {
+        tracing::error!(error_code = %err.code(), error = %err, "tenant lookup failed at handshake");
+        Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error connecting to Realtime",
+            ErrorCode::ErrorConnectingToWebsocket,
+        )
+    };
+    if let Some(tenant) = lookup(TenantId::from(tenant_from_host(host)))
+        .await
+        .map_err(failed)?
+    {
+        return Ok(tenant);
+    }
+    if let Some(fallback) = &transport.config.fallback_tenant {
+        if let Some(tenant) = lookup(TenantId::from(fallback.as_str()))
+            .await
+            .map_err(failed)?
+        {
+            return Ok(tenant);
+        }
+    }
+    Err(Refusal::new(
+        StatusCode::NOT_FOUND,
+        "Tenant not found",
+        ErrorCode::TenantNotFound,
+    ))
+}
+
+fn token_refusal(err: &TokenError) -> Refusal {
+    let status = StatusCode::UNAUTHORIZED;
+    match err {
+        TokenError::Missing => Refusal::new(status, "API key is missing", ErrorCode::MissingAPIKey),
+        TokenError::Malformed => Refusal::new(
+            status,
+            "The token provided is not a valid JWT",
+            ErrorCode::MalformedJWT,
+        ),
+        TokenError::Signature => Refusal::new(
+            status,
+            "Failed to validate JWT signature",
+            ErrorCode::ErrorConnectingToWebsocket,
+        ),
+        TokenError::Signer { .. } => Refusal {
+            owned: Some(err.client_message()),
+            ..Refusal::new(status, "", ErrorCode::JwtSignerError)
+        },
+        TokenError::Expired { .. } => {
+            Refusal::new(status, "Token has expired", ErrorCode::InvalidJWTToken)
+        }
+        TokenError::MissingClaims => Refusal::new(
+            status,
+            "Fields `role` and `exp` are required in JWT",
+            ErrorCode::InvalidJWTToken,
+        ),
+        TokenError::InvalidClaim { .. } => Refusal::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error connecting to Realtime",
+            ErrorCode::ErrorConnectingToWebsocket,
+        ),
+    }
+}
+
+/// `GET /socket/websocket` and `GET /realtime/v1/websocket`.
+pub(super) async fn upgrade(
+    State(transport): State<Arc<Transport>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // An unsupported serializer version is refused at once, with an empty body.
+    let Some(vsn) = Vsn::from_query(query.get("vsn").map(String::as_str)) else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    match admit(&transport, &query, &headers).await {
+        Ok(admitted) => {
+            let config = &transport.config;
+            let max = config.max_frame_bytes;
+            ws.read_buffer_size(4096)
+                .max_message_size(max)
+                .max_frame_size(max)
+                .max_write_buffer_size(max.saturating_mul(2))
+                .on_upgrade(move |socket| async move {
+                    let (outbox, rx, signals) = outbox(transport.config.outbox_capacity);
+                    let conn = ConnId::next();
+                    let registration = transport.channels.hub.register_connection(
+                        admitted.tenant.external_id.clone(),
+                        conn,
+                        outbox.clone(),
+                    );
+                    let limiter = admitted.user.limiter().clone();
+                    let session = crate::channel::Session::new(
+                        transport.channels.clone(),
+                        admitted.tenant.clone(),
+                        limiter,
+                        conn,
+                        vsn,
+                        outbox,
+                        admitted.token,
+                    );
+                    transport.open_sockets.fetch_add(1, Ordering::Relaxed);
+                    run_socket(SocketParams {
+                        socket,
+                        session,
+                        rx,
+                        signals,
+                        vsn,
+                        transport: transport.clone(),
+                    })
+                    .await;
+                    transport.open_sockets.fetch_sub(1, Ordering::Relaxed);
+                    drop(registration);
+                    drop(admitted.user);
+                })
+        }
+        Err(refusal) => {
+            tracing::info!(error_code = %refusal.code, status = refusal.status.as_u16(), "websocket upgrade refused");
+            tokio::time::sleep(transport.connect_error_backoff).await;
+            refusal.into_response()
+        }
+    }
+}
+
+struct Admitted {
+    tenant: Arc<Tenant>,
+    token: String,
+    user: crate::limits::ConnectedUser,
+}
+
+async fn admit(
+    transport: &Transport,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Admitted, Refusal> {
+    if transport.open_sockets.load(Ordering::Relaxed) >= transport.max_connections {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Too many connections on this node",
+            ErrorCode::ErrorConnectingToWebsocket,
+        ));
+    }
+    let tenant = resolve_tenant(transport, headers).await?;
+    if tenant.suspend {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "Realtime was disabled for this tenant",
+            ErrorCode::RealtimeDisabledForTenant,
+        ));
+    }
+    let token = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| query.get("apikey").cloned())
+        .unwrap_or_default();
+    let keys = TenantKeys {
+        jwt_secret: tenant.jwt_secret.as_ref(),
+        jwks: tenant.jwt_jwks.as_ref(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    verify_client_token(&token, keys, &transport.channels.claim_validators, now)
+        .map_err(|e| token_refusal(&e))?;
+    let user = transport
+        .limits
+        .check_handshake(
+            &tenant.external_id,
+            &tenant.limits,
+            std::time::Instant::now(),
+        )
+        .map_err(|err| {
+            let text = match err {
+                LimitExceeded::ConcurrentUsers { .. } => "Too many connected users",
+                _ => "Too many joins per second",
+            };
+            Refusal::new(StatusCode::TOO_MANY_REQUESTS, text, err.code())
+        })?;
+    Ok(Admitted {
+        tenant,
+        token,
+        user,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_is_the_first_host_label() {
+        assert_eq!(tenant_from_host("abcd.supabase.co"), "abcd");
+        assert_eq!(
+            tenant_from_host("realtime-dev.supabase-realtime:4000"),
+            "realtime-dev"
+        );
+        assert_eq!(tenant_from_host("localhost:4000"), "localhost");
+        assert_eq!(tenant_from_host("127.0.0.1:4000"), "127");
+        assert_eq!(tenant_from_host(""), "");
+    }
+}

@@ -1,0 +1,73 @@
+//! The WebSocket edge: upgrade at `/socket/websocket` and `/realtime/v1/websocket`, the
+//! handshake checks of PROTOCOL.md 1.6, and one task per socket (heartbeat/idle timeout,
+//! bounded outbound queue, close codes).
+//!
+//! # Close codes
+//! | code | when |
+//! |---|---|
+//! | 1000 | the socket had no channel for `NO_CHANNEL_TIMEOUT_IN_MS` |
+//! | 1001 | join refused with `TenantNotFound` or `ClientJoinRateLimitReached`; node shutting down |
+//! | 1009 | a frame larger than `WS_MAX_FRAME_BYTES` |
+//! | 1011 | a write failed or timed out (`WS_WRITE_TIMEOUT_MS`) |
+//! | 1012 | tenant-wide disconnect (tenant updated, reloaded or deleted) |
+//! | 4000 | no inbound frame for `WS_IDLE_TIMEOUT_MS` (the client stopped heartbeating) |
+//! | 4008 | slow consumer: the outbound queue (`WS_OUTBOX_CAPACITY`) overflowed |
+
+mod handshake;
+mod socket;
+
+pub use handshake::tenant_from_host;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+
+use crate::channel::ChannelContext;
+use crate::config::TransportConfig;
+use crate::limits::Limits;
+
+/// Normal closure.
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Going away (join refusals that end the socket, node shutdown).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A message too big to process.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Internal error (write failure).
+pub const CLOSE_INTERNAL: u16 = 1011;
+/// Service restart (tenant-wide disconnect).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+/// No inbound frame within the idle timeout.
+pub const CLOSE_IDLE: u16 = 4000;
+/// Slow consumer.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+/// What the WebSocket edge needs.
+pub struct Transport {
+    /// Services of channel sessions.
+    pub channels: Arc<ChannelContext>,
+    /// Tenant limits.
+    pub limits: Arc<Limits>,
+    /// Transport settings.
+    pub config: TransportConfig,
+    /// `CONNECT_ERROR_BACKOFF_MS`.
+    pub connect_error_backoff: Duration,
+    /// `NO_CHANNEL_TIMEOUT_IN_MS`.
+    pub no_channel_timeout: Duration,
+    /// `MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// Live sockets on this node.
+    pub open_sockets: AtomicUsize,
+    /// Flips to true when the node drains; sockets then close with 1001.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Returns the router of the WebSocket endpoints.
+pub fn router(transport: Arc<Transport>) -> Router {
+    Router::new()
+        .route("/socket/websocket", get(handshake::upgrade))
+        .route("/realtime/v1/websocket", get(handshake::upgrade))
+        .with_state(transport)
+}
