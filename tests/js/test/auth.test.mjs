@@ -173,6 +173,11 @@ describe('token refresh and expiry', () => {
     await t.waitFor('CLOSED', 5000);
     const close = sockets[0].frames.find((f) => f.event === 'phx_close' && f.topic === ch.topic);
     assert.ok(close, `phx_close expected:\n${dumpFrames(sockets)}`);
+    const sysFrame = sockets[0].frames.find((f) => f.event === 'system' && f.topic === ch.topic);
+    assert.equal(close.join_ref, sysFrame.join_ref, 'system and phx_close carry the channel join_ref');
+    assert.equal(close.ref, close.join_ref, 'phx_close ref = join_ref (PROTOCOL.md 2.2)');
+    assert.equal(sysFrame.ref, null);
+    assert.ok(sockets[0].frames.indexOf(sysFrame) < sockets[0].frames.indexOf(close), 'system comes before phx_close');
     assert.equal(c.isConnected(), true, 'the socket stays open');
     await sleep(200);
     assert.ok(!t.statuses.slice(t.statuses.indexOf('CLOSED')).includes('SUBSCRIBED'), 'realtime-js does not rejoin');
