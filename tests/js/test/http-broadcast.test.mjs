@@ -119,6 +119,38 @@ describe('POST /api/broadcast (batch)', () => {
   });
 });
 
+describe('HTTP details for browsers and clients', () => {
+  it('CORS: the preflight realtime-js triggers is answered and POST responses allow any origin', async () => {
+    for (const path of ['/realtime/v1/api/broadcast', '/realtime/v1/api/broadcast/room/events/e']) {
+      const pre = await httpRequest(env.port, {
+        method: 'OPTIONS',
+        path,
+        host: tenant.host,
+        headers: {
+          origin: 'http://app.example',
+          'access-control-request-method': 'POST',
+          'access-control-request-headers': 'apikey,authorization,content-type',
+        },
+      });
+      assert.ok(pre.status >= 200 && pre.status < 300, `${path} preflight → ${pre.status}`);
+      assert.ok(['*', 'http://app.example'].includes(pre.headers['access-control-allow-origin']), JSON.stringify(pre.headers));
+      const allowed = String(pre.headers['access-control-allow-headers'] ?? '').toLowerCase();
+      for (const h of ['apikey', 'authorization', 'content-type']) {
+        assert.ok(allowed === '*' || allowed.includes(h), `allow-headers ${allowed} lacks ${h}`);
+      }
+    }
+    const r = await post('/api/broadcast', { messages: [{ topic: 'r', event: 'e', payload: {} }] }, { authorization: `Bearer ${token}`, origin: 'http://app.example' });
+    assert.equal(r.status, 202);
+    assert.ok(['*', 'http://app.example'].includes(r.headers['access-control-allow-origin']), JSON.stringify(r.headers));
+  });
+
+  it('rate headers x-rate-rolling, x-rate-limit, x-rate-limit-remaining are on the response', async () => {
+    const r = await post('/api/broadcast', { messages: [{ topic: 'r', event: 'e', payload: {} }] });
+    assert.equal(r.status, 202);
+    for (const h of ['x-rate-rolling', 'x-rate-limit', 'x-rate-limit-remaining']) assert.ok(h in r.headers, `missing ${h}: ${JSON.stringify(r.headers)}`);
+  });
+});
+
 describe('channel.httpSend() (POST /api/broadcast/:topic/events/:event)', () => {
   it('JSON payload: resolves {success:true} and reaches v2 and v1 subscribers', async () => {
     const room = uid('room-');
