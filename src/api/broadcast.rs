@@ -222,10 +222,13 @@ async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: B
     for m in messages {
         let mut e = Map::new();
         let mut field = |name: &str, text: &str| {
-            e.entry(name.to_string())
+            if let Some(list) = e
+                .entry(name.to_string())
                 .or_insert_with(|| json!([]))
                 .as_array_mut()
-                .map(|a| a.push(json!(text)));
+            {
+                list.push(json!(text));
+            }
         };
         let topic = m
             .get("topic")

@@ -305,18 +305,18 @@ pub fn verify_client_token(
     }
     numeric_claim(&all, "iat")?;
     let exp = numeric_claim(&all, "exp")?;
-    if let Some((exp, integer)) = exp {
-        if exp <= now {
-            return Err(if integer {
-                TokenError::Expired {
-                    seconds_ago: now - exp,
-                }
-            } else {
-                TokenError::InvalidClaim {
-                    claim: "exp".into(),
-                }
-            });
-        }
+    if let Some((exp, integer)) = exp
+        && exp <= now
+    {
+        return Err(if integer {
+            TokenError::Expired {
+                seconds_ago: now - exp,
+            }
+        } else {
+            TokenError::InvalidClaim {
+                claim: "exp".into(),
+            }
+        });
     }
     let (Some((exp, _)), Some(role)) = (exp, all.get("role")) else {
         return Err(TokenError::MissingClaims);
@@ -555,6 +555,99 @@ mod tests {
             TokenError::InvalidClaim {
                 claim: "exp".into()
             }
+        );
+    }
+
+    /// Test-only keys generated with openssl for these tests.
+    const EC_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgTcr8kT+QBGwcb074
+UCMfnwjeWaBH+32cl7xQRsxbr5qhRANCAARB6wz5KCOhi9WsZe+qutJvZFOaU/jB
+MGRnH+OTqnpwVcNHRWSMUVWTmTG8jaWTpt0+6exuOTV+BxJxDAMzTc6C
+-----END PRIVATE KEY-----
+";
+    const ED_PRIVATE_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIC0djjDZ9wdNNuQcuVJ4RMbutQ5oDx7Y7nvfbUvB2eB+
+-----END PRIVATE KEY-----
+";
+
+    fn asymmetric_jwks() -> Value {
+        json!({"keys": [
+            {"kty": "EC", "kid": "ec1", "crv": "P-256", "alg": "ES256",
+             "x": "QesM-SgjoYvVrGXvqrrSb2RTmlP4wTBkZx_jk6p6cFU", "y": "w0dFZIxRVZOZMbyNpZOm3T7p7G45NX4HEnEMAzNNzoI"},
+            {"kty": "OKP", "kid": "ed1", "crv": "Ed25519", "x": "N0Y1QkCZr1jKuasmJgU9sKcNdwRCH09yUneYZLdzMzc"}
+        ]})
+    }
+
+    #[test]
+    fn es256_and_eddsa_verify_through_the_jwks_by_kid() {
+        let jwks = asymmetric_jwks();
+        let keys = TenantKeys {
+            jwt_secret: None,
+            jwks: Some(&jwks),
+        };
+        let claims = json!({"role": "authenticated", "exp": NOW + 60});
+        let mut header = JwtHeader::new(Algorithm::ES256);
+        header.kid = Some("ec1".into());
+        let es = encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ec_pem(EC_PRIVATE_PEM.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            verify_client_token(&es, keys, &Map::new(), NOW)
+                .unwrap()
+                .role,
+            "authenticated"
+        );
+        let mut header = JwtHeader::new(Algorithm::EdDSA);
+        header.kid = Some("ed1".into());
+        let ed = encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ed_pem(ED_PRIVATE_PEM.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            verify_client_token(&ed, keys, &Map::new(), NOW)
+                .unwrap()
+                .role,
+            "authenticated"
+        );
+        // The EC token under the EdDSA key's kid, or an unknown kid, has no signer.
+        let mut header = JwtHeader::new(Algorithm::ES256);
+        header.kid = Some("ed1".into());
+        let wrong = encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ec_pem(EC_PRIVATE_PEM.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            verify_client_token(&wrong, keys, &Map::new(), NOW).unwrap_err(),
+            TokenError::Signer {
+                kid: Some("ed1".into())
+            }
+        );
+        // Without a kid an ES256 token gets no signer at all.
+        let no_kid = encode(
+            &JwtHeader::new(Algorithm::ES256),
+            &claims,
+            &EncodingKey::from_ec_pem(EC_PRIVATE_PEM.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            verify_client_token(&no_kid, keys, &Map::new(), NOW).unwrap_err(),
+            TokenError::Signer { kid: None }
+        );
+        // A tampered signature is a signature error.
+        let mut tampered = es.into_bytes();
+        let at = tampered.len() - 10;
+        tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(
+            verify_client_token(&tampered, keys, &Map::new(), NOW).unwrap_err(),
+            TokenError::Signature
         );
     }
 }

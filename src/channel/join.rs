@@ -95,7 +95,11 @@ impl JoinConfig {
             user_token: Option<Value>,
         }
         let mut out = JoinConfig::default();
-        let Ok(shape) = serde_json::from_str::<Shape<'_>>(payload) else {
+        let parsed = match payload.trim_start().starts_with('{') {
+            true => serde_json::from_str::<Shape<'_>>(payload).ok(),
+            false => None,
+        };
+        let Some(shape) = parsed else {
             out.invalid.push("payload");
             return out;
         };

@@ -232,13 +232,13 @@ impl Hub {
                 Vsn::V2 => &mut v2,
             };
             let frame = cached.get_or_insert_with(|| message.encode(sub.vsn, &room.topic));
-            if let Some(frame) = frame {
-                if sub.outbox.push(Outbound::Fanout {
+            if let Some(frame) = frame
+                && sub.outbox.push(Outbound::Fanout {
                     slot: sub.slot,
                     frame: frame.clone(),
-                }) {
-                    delivered += 1;
-                }
+                })
+            {
+                delivered += 1;
             }
         }
         delivered

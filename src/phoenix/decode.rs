@@ -363,3 +363,71 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Property tests: decoders never panic on arbitrary input, and what the encoders produce
+    //! decodes back to the same values.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::phoenix::encode_message;
+
+    proptest! {
+        #[test]
+        fn binary_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_binary(Vsn::V2, &Bytes::from(bytes.clone()));
+            let _ = decode_binary(Vsn::V1, &Bytes::from(bytes));
+        }
+
+        #[test]
+        fn kind3_frames_with_lengths_near_the_edges_never_panic(
+            lens in proptest::array::uniform5(any::<u8>()),
+            body in proptest::collection::vec(any::<u8>(), 0..1400),
+            encoding in any::<u8>(),
+        ) {
+            let mut frame = vec![3, lens[0], lens[1], lens[2], lens[3], lens[4], encoding];
+            frame.extend_from_slice(&body);
+            let _ = decode_binary(Vsn::V2, &Bytes::from(frame));
+        }
+
+        #[test]
+        fn text_decoding_never_panics(text in ".{0,300}") {
+            let _ = decode_text(Vsn::V2, &text);
+            let _ = decode_text(Vsn::V1, &text);
+        }
+
+        #[test]
+        fn text_frames_round_trip(
+            join_ref in proptest::option::of("[ -~]{0,12}"),
+            reference in proptest::option::of("[0-9]{1,6}"),
+            topic in "\\PC{0,40}",
+            event in "\\PC{1,20}",
+        ) {
+            let text = encode_message(Vsn::V2, join_ref.as_deref(), reference.as_deref(), &topic, &event, "{\"k\":[1,2]}");
+            let back = decode_text(Vsn::V2, &text).unwrap();
+            prop_assert_eq!(back.join_ref, join_ref);
+            prop_assert_eq!(back.reference, reference);
+            prop_assert_eq!(back.topic, topic);
+            prop_assert_eq!(back.event, event);
+        }
+
+        #[test]
+        fn kind3_frames_round_trip(
+            topic in "[a-z:]{0,60}",
+            event in "\\PC{0,20}",
+            payload in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let mut frame = vec![3, 1, 1, topic.len() as u8, event.len() as u8, 0, 0];
+            frame.extend_from_slice(b"12");
+            frame.extend_from_slice(topic.as_bytes());
+            frame.extend_from_slice(event.as_bytes());
+            frame.extend_from_slice(&payload);
+            let back = decode_binary(Vsn::V2, &Bytes::from(frame)).unwrap();
+            prop_assert_eq!(back.topic, topic);
+            let InboundPayload::UserBroadcast(b) = back.payload else { panic!("user broadcast") };
+            prop_assert_eq!(b.event, event);
+            prop_assert_eq!(&b.payload[..], &payload[..]);
+        }
+    }
+}

@@ -20,6 +20,9 @@ use crate::phoenix::Vsn;
 use crate::tenants::Tenant;
 use crate::types::{ConnId, TenantId};
 
+/// Bytes of queued frames after which a write goes out even before the flush.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// A refused upgrade: status, `{"error": text}`, log code.
 struct Refusal {
     status: StatusCode,
@@ -82,13 +85,12 @@ async fn resolve_tenant(
     {
         return Ok(tenant);
     }
-    if let Some(fallback) = &transport.config.fallback_tenant {
-        if let Some(tenant) = lookup(TenantId::from(fallback.as_str()))
+    if let Some(fallback) = &transport.config.fallback_tenant
+        && let Some(tenant) = lookup(TenantId::from(fallback.as_str()))
             .await
             .map_err(failed)?
-        {
-            return Ok(tenant);
-        }
+    {
+        return Ok(tenant);
     }
     Err(Refusal::new(
         StatusCode::NOT_FOUND,
@@ -146,10 +148,13 @@ pub(super) async fn upgrade(
         Ok(admitted) => {
             let config = &transport.config;
             let max = config.max_frame_bytes;
+            // Small starting buffers keep idle sockets light; tungstenite requires the write
+            // buffer cap to exceed the write buffer size.
             ws.read_buffer_size(4096)
+                .write_buffer_size(WRITE_BUFFER_BYTES)
+                .max_write_buffer_size(WRITE_BUFFER_BYTES + max.saturating_mul(2))
                 .max_message_size(max)
                 .max_frame_size(max)
-                .max_write_buffer_size(max.saturating_mul(2))
                 .on_upgrade(move |socket| async move {
                     let (outbox, rx, signals) = outbox(transport.config.outbox_capacity);
                     let conn = ConnId::next();
