@@ -3,7 +3,7 @@
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { API_JWT_SECRET, startEnv, tenantJwt, subscribed, collect, track, sleep, uid, dumpFrames } from '../harness.mjs';
+import { API_JWT_SECRET, startEnv, tenantJwt, subscribed, collect, track, sleep, uid, dumpFrames, rawSocket } from '../harness.mjs';
 
 /** Time allowed for something that must NOT arrive (no way to poll for absence). */
 const QUIET_MS = 400;
@@ -267,6 +267,13 @@ describe('endpoints and tenants', () => {
   it('plain localhost falls back to the seeded tenant (SEED_SELF_HOST)', async () => {
     const c = env.client({ host: `localhost:${env.port}`, token: tenantJwt(API_JWT_SECRET) });
     await subscribed(c.channel(uid('room-')));
+  });
+
+  it('with the localhost fallback on, a Host naming an unknown tenant is still refused (404 Tenant not found)', async () => {
+    const r = await rawSocket(`ws://127.0.0.1:${env.port}/realtime/v1/websocket?apikey=${token}&vsn=2.0.0`, { host: env.host('no-such-tenant') });
+    if (r.status === 101) r.ws.close();
+    assert.equal(r.status, 404, `got ${r.status} ${r.body ?? ''}: the fallback should only catch a Host that names no tenant (plain localhost)`);
+    assert.deepEqual(r.json, { error: 'Tenant not found' });
   });
 
   it('a client of one tenant does not receive broadcasts of another tenant on the same topic', async () => {

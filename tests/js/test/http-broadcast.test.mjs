@@ -11,7 +11,9 @@ let tenant;
 let token;
 
 before(async () => {
-  env = await startEnv();
+  // Strict Host routing, so unknown tenants are refused as PROTOCOL.md documents (the server's
+  // FALLBACK_TENANT would otherwise route them to the seeded tenant).
+  env = await startEnv({ serverEnv: { FALLBACK_TENANT: 'none' } });
   tenant = await env.createTenant();
   token = tenantJwt(tenant.jwtSecret);
 });
