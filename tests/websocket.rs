@@ -834,3 +834,24 @@ async fn a_client_that_does_not_read_is_disconnected() {
     drop(reader);
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn max_connections_and_max_header_length_are_honoured() {
+    let app = start(&[("MAX_CONNECTIONS", "1"), ("MAX_HEADER_LENGTH", "2000")]).await;
+    let _first = connect(&app, "2.0.0").await;
+    let host = format!("{TENANT}.localhost");
+    match try_connect(&app, &host, &format!("apikey={}&vsn=2.0.0", token(60))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/healthcheck", app.local_addr()))
+        .header("x-long", "v".repeat(3000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    app.shutdown().await.unwrap();
+}

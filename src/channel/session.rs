@@ -186,7 +186,9 @@ impl Session {
             return SessionControl::Continue;
         }
         match msg.event.as_str() {
-            phoenix::EVENT_JOIN => self.join(msg, out).await,
+            // Boxed: the join future (tenant lookup) is large and rare; keeping it out of the
+            // socket task's own state keeps idle sockets small.
+            phoenix::EVENT_JOIN => Box::pin(self.join(msg, out)).await,
             phoenix::EVENT_LEAVE => {
                 self.leave(msg, out);
                 SessionControl::Continue
