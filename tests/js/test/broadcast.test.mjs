@@ -161,7 +161,7 @@ for (const vsn of ['2.0.0', '1.0.0']) {
 
     it('public and private rooms of the same name are separate (private room readable by policy)', async (t) => {
       if (!allowAuthenticated()) {
-        t.skip('SKIP until "private channels" lands: the tenant migrations did not create realtime.messages');
+        t.skip('until "private channels" lands: the tenant migrations did not create realtime.messages');
         return;
       }
       const room = uid('room-');
@@ -175,7 +175,7 @@ for (const vsn of ['2.0.0', '1.0.0']) {
       await Promise.all([subscribed(pubA), subscribed(pubB)]);
       const first = await track(privA).first(5000);
       if (first.status === 'CHANNEL_ERROR' && /^Unauthorized/.test(first.error.message)) {
-        t.skip(`SKIP until "private channels" lands: private join refused despite a read policy (${first.error.message})`);
+        t.skip(`until "private channels" lands: private join refused despite a read policy (${first.error.message})`);
         return;
       }
       assert.equal(first.status, 'SUBSCRIBED', first.error?.message);
