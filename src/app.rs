@@ -80,6 +80,7 @@ pub struct RunningApp {
     tenants: Tenants,
     db: Db,
     hub: Arc<Hub>,
+    transport: Arc<Transport>,
     draining: Arc<AtomicBool>,
     sockets_stop: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
@@ -112,6 +113,13 @@ impl RunningApp {
         self.draining.store(true, Ordering::Relaxed);
         // Err only means no socket is listening.
         let _ = self.sockets_stop.send(true);
+        // Give every socket task the moment it needs to send its close frame (1001).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.transport.open_sockets.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for task in self.background.drain(..) {
             task.abort();
         }
@@ -219,16 +227,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     });
     let router = api::router(state)
         .merge(api::broadcast_routes(broadcast_api))
-        .merge(transport::router(transport))
+        .merge(transport::router(transport.clone()))
         .layer(axum::middleware::from_fn_with_state(
             config.http.max_header_length,
             api::limit_header_length,
         ));
 
     let listen = config.http.listen_addr();
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = bind_listener(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local_addr = listener.local_addr().context("listener address")?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -245,12 +251,28 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         tenants,
         db,
         hub,
+        transport,
         draining,
         sockets_stop,
         background,
         stop: Some(stop),
         server,
     })
+}
+
+/// Connections waiting to be accepted: bursts of WebSocket connects overflow the kernel's
+/// default of 128 and clients then wait a whole SYN retransmit (1 s).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Closes the sockets of a tenant whose record changed in a way sockets must see (PROTOCOL.md

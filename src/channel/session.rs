@@ -13,7 +13,7 @@ use crate::auth::{Claims, TenantKeys, TokenError, verify_client_token};
 use crate::broadcast::{Broadcaster, Origin};
 use crate::error::{ErrorCode, OperationalError};
 use crate::hub::{ChannelSlot, FanoutMessage, Frame, Hub, Outbound, Outbox, RoomKey, Subscriber};
-use crate::limits::{FixedWindow, LimitExceeded, Limits, TenantLimiter};
+use crate::limits::{ConnectedUser, FixedWindow, LimitExceeded, Limits, TenantLimiter};
 use crate::phoenix::{self, Inbound, InboundPayload, Vsn};
 use crate::presence::Presence;
 use crate::tenants::{Tenant, Tenants};
@@ -117,6 +117,8 @@ pub struct Session {
     ctx: Arc<ChannelContext>,
     tenant: Arc<Tenant>,
     limiter: TenantLimiter,
+    /// Set at the first successful join: the socket counts toward `max_concurrent_users`.
+    user: Option<ConnectedUser>,
     conn: ConnId,
     vsn: Vsn,
     outbox: Outbox,
@@ -141,6 +143,7 @@ impl Session {
             ctx,
             tenant,
             limiter,
+            user: None,
             conn,
             vsn,
             outbox,
@@ -391,6 +394,11 @@ impl Session {
                 "This project only allows private channels",
             ));
         }
+        if self.user.is_none()
+            && let Err(err) = self.limiter.check_concurrent_users(&tenant.limits)
+        {
+            return Err(Refusal::from_error(&err));
+        }
         if let Err(err) = self
             .limiter
             .check_join(&tenant.limits, std::time::Instant::now())
@@ -417,14 +425,19 @@ impl Session {
                 format!("You do not have permissions to read from this Channel topic: {sub_topic}"),
             ));
         }
-        match &config.replay {
-            None => {}
-            Some(_) => {
-                return Err(Refusal::new(
-                    ErrorCode::UnableToReplayMessages,
-                    "Replay is not allowed for public channels",
-                ));
-            }
+        if config.replay.is_some() {
+            return Err(Refusal::new(
+                ErrorCode::UnableToReplayMessages,
+                "Replay is not allowed for public channels",
+            ));
+        }
+        if self.user.is_none() {
+            // Counted once per socket, at its first successful join (PROTOCOL.md 3.2).
+            let user = self
+                .limiter
+                .admit_user(&tenant.limits)
+                .map_err(|err| Refusal::from_error(&err))?;
+            self.user = Some(user);
         }
         Ok((token, claims))
     }

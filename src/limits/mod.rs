@@ -128,7 +128,8 @@ impl Limits {
     }
 
     /// Checks the handshake limits (PROTOCOL.md 1.6, in that order): concurrent users, then the
-    /// joins counter. On success the returned guard counts the connection until dropped.
+    /// joins counter, counting nothing. Returns the tenant's counters for the socket to keep; the
+    /// socket is counted as a user at its first successful join ([`TenantLimiter::admit_user`]).
     ///
     /// # Errors
     /// [`LimitExceeded::ConcurrentUsers`] or [`LimitExceeded::HandshakeJoins`].
@@ -137,8 +138,10 @@ impl Limits {
         tenant: &TenantId,
         limits: &TenantLimits,
         now: Instant,
-    ) -> Result<ConnectedUser, LimitExceeded> {
-        self.tenant(tenant, now).check_handshake(limits, now)
+    ) -> Result<TenantLimiter, LimitExceeded> {
+        let limiter = self.tenant(tenant, now);
+        limiter.check_handshake(limits, now)?;
+        Ok(limiter)
     }
 
     /// Checks and counts one join (see [`TenantLimiter::check_join`]).
@@ -293,25 +296,23 @@ impl TenantLimiter {
         self.counters.users.load(Ordering::Relaxed)
     }
 
-    /// Checks the handshake limits: admits a user, then checks (without counting) the joins
+    /// Checks the handshake limits without counting anything: concurrent users, then the joins
     /// counter. The original checks the same two things in the same order.
     ///
     /// # Errors
-    /// [`LimitExceeded::ConcurrentUsers`] or [`LimitExceeded::HandshakeJoins`]; nothing stays
-    /// counted on error.
+    /// [`LimitExceeded::ConcurrentUsers`] or [`LimitExceeded::HandshakeJoins`].
     pub fn check_handshake(
         &self,
         limits: &TenantLimits,
         now: Instant,
-    ) -> Result<ConnectedUser, LimitExceeded> {
-        let user = self.admit_user(limits)?;
+    ) -> Result<(), LimitExceeded> {
+        self.check_concurrent_users(limits)?;
         let limit = limits.max_joins_per_second;
         let avg = lock(&self.counters.joins).avg(now);
         if avg >= f64::from(limit) {
-            // Dropping `user` releases the slot it took.
             return Err(LimitExceeded::HandshakeJoins { limit, avg });
         }
-        Ok(user)
+        Ok(())
     }
 
     /// Checks the joins counter and, if it is not tripped, counts this join. A refused join is
@@ -598,9 +599,9 @@ mod tests {
         let limits = Limits::new(LimitsConfig::for_test());
         let t = tenant_limits(); // 3 users, 2 joins/s
         let tenant = id("a");
-        let users: Vec<_> = (0..3)
-            .map(|_| limits.check_handshake(&tenant, &t, t0).unwrap())
-            .collect();
+        let limiter = limits.check_handshake(&tenant, &t, t0).unwrap();
+        assert_eq!(limiter.concurrent_users(), 0, "a handshake counts no user");
+        let users: Vec<_> = (0..3).map(|_| limiter.admit_user(&t).unwrap()).collect();
         let err = limits.check_handshake(&tenant, &t, t0).unwrap_err();
         assert_eq!(err, LimitExceeded::ConcurrentUsers { limit: 3 });
         assert_eq!(err.client_text(), "Too many connected users");
@@ -765,7 +766,11 @@ mod tests {
         let t = tenant_limits();
         limits.check_join(&id("joined"), &t, t0).unwrap();
         let held = limits.tenant(&id("held"), t0);
-        let user = limits.check_handshake(&id("connected"), &t, t0).unwrap();
+        let user = limits
+            .check_handshake(&id("connected"), &t, t0)
+            .unwrap()
+            .admit_user(&t)
+            .unwrap();
         let _ = limits.tenant(&id("untouched"), t0);
         assert_eq!(limits.tenant_count(), 4);
 
@@ -865,7 +870,11 @@ mod tests {
                 scope.spawn(|| {
                     for i in 0..1_000 {
                         let at = t0 + ms(i);
-                        let user = limits.check_handshake(&id("a"), &t, at).unwrap();
+                        let user = limits
+                            .check_handshake(&id("a"), &t, at)
+                            .unwrap()
+                            .admit_user(&t)
+                            .unwrap();
                         user.limiter().add_channel_events(1, at);
                         limits.tenant(&id("a"), at).add_channel_events(2, at);
                     }

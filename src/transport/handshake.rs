@@ -163,7 +163,7 @@ pub(super) async fn upgrade(
                         conn,
                         outbox.clone(),
                     );
-                    let limiter = admitted.user.limiter().clone();
+                    let limiter = admitted.limiter.clone();
                     let session = crate::channel::Session::new(
                         transport.channels.clone(),
                         admitted.tenant.clone(),
@@ -185,7 +185,6 @@ pub(super) async fn upgrade(
                     .await;
                     transport.open_sockets.fetch_sub(1, Ordering::Relaxed);
                     drop(registration);
-                    drop(admitted.user);
                 })
         }
         Err(refusal) => {
@@ -199,7 +198,7 @@ pub(super) async fn upgrade(
 struct Admitted {
     tenant: Arc<Tenant>,
     token: String,
-    user: crate::limits::ConnectedUser,
+    limiter: crate::limits::TenantLimiter,
 }
 
 async fn admit(
@@ -237,7 +236,7 @@ async fn admit(
         .map_or(0, |d| d.as_secs() as i64);
     verify_client_token(&token, keys, &transport.channels.claim_validators, now)
         .map_err(|e| token_refusal(&e))?;
-    let user = transport
+    let limiter = transport
         .limits
         .check_handshake(
             &tenant.external_id,
@@ -254,7 +253,7 @@ async fn admit(
     Ok(Admitted {
         tenant,
         token,
-        user,
+        limiter,
     })
 }
 

@@ -64,6 +64,15 @@ pub struct Transport {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("open_sockets", &self.open_sockets)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Returns the router of the WebSocket endpoints.
 pub fn router(transport: Arc<Transport>) -> Router {
     Router::new()
