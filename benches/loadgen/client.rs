@@ -282,7 +282,8 @@ impl Fleet {
     }
 }
 
-async fn dial(cfg: &ClientConfig, source: Option<IpAddr>) -> Result<Ws, String> {
+/// Connects one WebSocket to `cfg.url` with the tenant's Host header, from `source` if given.
+pub async fn dial(cfg: &ClientConfig, source: Option<IpAddr>) -> Result<Ws, String> {
     let rest = cfg
         .url
         .strip_prefix("ws://")

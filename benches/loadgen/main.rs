@@ -21,6 +21,7 @@
 
 mod baseline;
 mod client;
+mod presence;
 mod stats;
 mod wire;
 
@@ -47,6 +48,9 @@ scenarios (--scenario):
                (1 msg/s) per room, all members subscribed
   c | idle     --conns (10000) join and sit: server RSS delta per connection, joins/s
   d | joins    --conns (5000) connect + join as fast as allowed: joins/s (median of --repeat)
+  e | presence --conns (100) clients track on one topic (real server only, needs --url): time
+               until every view is complete vs the same fan-out as broadcasts, then presence
+               updates at --rates (100/s total) for --duration: presence events/s delivered
   custom       --topics T --subs-per-topic S --pubs-per-topic P --rates R1,R2,..
 
 targets:
@@ -269,6 +273,10 @@ enum Work {
     Joins {
         conns: usize,
     },
+    Presence {
+        conns: usize,
+        rate: f64,
+    },
 }
 
 impl Work {
@@ -308,6 +316,14 @@ impl Work {
             "d" | "joins" => Work::Joins {
                 conns: o.conns.unwrap_or(5000),
             },
+            "e" | "presence" => Work::Presence {
+                conns: o.conns.unwrap_or(100),
+                rate: o
+                    .rates
+                    .as_ref()
+                    .and_then(|r| r.first().copied())
+                    .unwrap_or(100.0),
+            },
             "custom" => Work::Steps {
                 topics: o.topics.unwrap_or(1),
                 subs_per_topic: o.subs_per_topic,
@@ -327,7 +343,9 @@ impl Work {
                 pubs_per_topic,
                 ..
             } => topics * (subs_per_topic + pubs_per_topic),
-            Work::Idle { conns, .. } | Work::Joins { conns } => *conns,
+            Work::Idle { conns, .. } | Work::Joins { conns } | Work::Presence { conns, .. } => {
+                *conns
+            }
         }
     }
 }
@@ -1017,6 +1035,9 @@ async fn run(o: Opts) -> Result<(), String> {
     let work = Work::from_opts(&o)?;
     check_fd_limit(work.connections());
     let token = sign_jwt(&o.jwt_secret)?;
+    if let Work::Presence { conns, rate } = work {
+        return run_presence(&o, token, conns, rate).await;
+    }
     let mut targets = Vec::new();
     let mut _spawned = None;
     match &o.baseline {
@@ -1076,6 +1097,8 @@ async fn run(o: Opts) -> Result<(), String> {
             Work::Steps { .. } => run_steps(cfg, &work, &o, target).await,
             Work::Idle { conns, topics } => run_idle(cfg, *conns, *topics, &o, target).await,
             Work::Joins { conns } => run_joins(cfg, *conns, &o).await,
+            // Handled by `run_presence` before any target is set up.
+            Work::Presence { .. } => return Err("presence runs without targets".into()),
         };
         let fields: Vec<(&str, String)> = headline(&work, &o, &out)
             .into_iter()
@@ -1099,6 +1122,53 @@ async fn run(o: Opts) -> Result<(), String> {
             .collect();
         print_summary_line(&o.scenario, "ratio", &fields);
     }
+    Ok(())
+}
+
+/// Scenario `e`: see `presence.rs`. Prints the medians and the presence/broadcast ratio.
+async fn run_presence(o: &Opts, token: String, conns: usize, rate: f64) -> Result<(), String> {
+    let url = o
+        .url
+        .clone()
+        .ok_or("the presence scenario needs --url (the baseline server has no presence)")?;
+    println!(
+        "scenario {} (presence), {conns} connections on one topic, churn {rate} updates/s for {} s, repeat {}",
+        o.scenario, o.duration, o.repeat
+    );
+    let cfg = Arc::new(ClientConfig {
+        url,
+        host: format!("{}.localhost", o.tenant),
+        token,
+        vsn: Vsn::V2,
+        payload: o.payload,
+        source_ips: o.source_ips.clone(),
+        heartbeat: Duration::from_secs_f64(o.heartbeat),
+    });
+    let runs = presence::run(
+        cfg,
+        &o.tenant,
+        &o.jwt_secret,
+        conns,
+        rate,
+        o.duration,
+        o.drain_max,
+        o.repeat,
+    )
+    .await?;
+    let pick = |f: fn(&presence::Figures) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+    let (bcast, sync) = (pick(|f| f.broadcast_round_s), pick(|f| f.presence_sync_s));
+    let fields = [
+        ("conns", conns.to_string()),
+        ("broadcast_round_ms", format!("{:.1}", bcast * 1e3)),
+        ("presence_sync_ms", format!("{:.1}", sync * 1e3)),
+        ("sync_vs_broadcast", ratio(sync, bcast)),
+        ("updates_per_s", format!("{:.0}", pick(|f| f.updates_per_s))),
+        ("presence_events_per_s", format!("{:.0}", pick(|f| f.events_per_s))),
+        ("loss_pct", format!("{:.3}", pick(|f| f.loss_pct))),
+        ("consistent_views", format!("{:.0}", pick(|f| f.consistent as f64))),
+    ];
+    println!();
+    print_summary_line(&o.scenario, "realtime", &fields);
     Ok(())
 }
 
