@@ -1144,17 +1144,16 @@ async fn run_presence(o: &Opts, token: String, conns: usize, rate: f64) -> Resul
         source_ips: o.source_ips.clone(),
         heartbeat: Duration::from_secs_f64(o.heartbeat),
     });
-    let runs = presence::run(
-        cfg,
-        &o.tenant,
-        &o.jwt_secret,
+    let plan = presence::Plan {
+        tenant: &o.tenant,
+        api_secret: &o.jwt_secret,
         conns,
         rate,
-        o.duration,
-        o.drain_max,
-        o.repeat,
-    )
-    .await?;
+        duration: o.duration,
+        drain_max: o.drain_max,
+        repeat: o.repeat,
+    };
+    let runs = presence::run(cfg, &plan).await?;
     let pick = |f: fn(&presence::Figures) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
     let (bcast, sync) = (pick(|f| f.broadcast_round_s), pick(|f| f.presence_sync_s));
     let fields = [
@@ -1163,9 +1162,15 @@ async fn run_presence(o: &Opts, token: String, conns: usize, rate: f64) -> Resul
         ("presence_sync_ms", format!("{:.1}", sync * 1e3)),
         ("sync_vs_broadcast", ratio(sync, bcast)),
         ("updates_per_s", format!("{:.0}", pick(|f| f.updates_per_s))),
-        ("presence_events_per_s", format!("{:.0}", pick(|f| f.events_per_s))),
+        (
+            "presence_events_per_s",
+            format!("{:.0}", pick(|f| f.events_per_s)),
+        ),
         ("loss_pct", format!("{:.3}", pick(|f| f.loss_pct))),
-        ("consistent_views", format!("{:.0}", pick(|f| f.consistent as f64))),
+        (
+            "consistent_views",
+            format!("{:.0}", pick(|f| f.consistent as f64)),
+        ),
     ];
     println!();
     print_summary_line(&o.scenario, "realtime", &fields);
@@ -1261,6 +1266,22 @@ mod tests {
                 topics: 1000
             }
         );
+    }
+
+    #[test]
+    fn the_presence_preset_takes_conns_and_the_first_rate() {
+        let e =
+            Work::from_opts(&Opts::parse(&args("--scenario e --rates 50,60")).unwrap()).unwrap();
+        assert_eq!(
+            e,
+            Work::Presence {
+                conns: 100,
+                rate: 50.0
+            }
+        );
+        let p =
+            Work::from_opts(&Opts::parse(&args("--scenario presence --conns 7")).unwrap()).unwrap();
+        assert_eq!(p.connections(), 7);
     }
 
     #[test]

@@ -354,8 +354,13 @@ pub async fn run_once(
     let mut f = Figures::default();
 
     phase_tx.send_replace(Phase::Broadcast);
-    f.broadcast_round_s =
-        wait_for("broadcast round", &shared.bcast_complete, n, Duration::from_secs(120)).await;
+    f.broadcast_round_s = wait_for(
+        "broadcast round",
+        &shared.bcast_complete,
+        n,
+        Duration::from_secs(120),
+    )
+    .await;
     println!(
         "  broadcast round: {} x {} deliveries in {:.3} s",
         n, n, f.broadcast_round_s
@@ -363,8 +368,13 @@ pub async fn run_once(
 
     let diffs0 = shared.diffs.load(Ordering::Relaxed);
     phase_tx.send_replace(Phase::Track);
-    f.presence_sync_s =
-        wait_for("presence sync", &shared.state_complete, n, Duration::from_secs(120)).await;
+    f.presence_sync_s = wait_for(
+        "presence sync",
+        &shared.state_complete,
+        n,
+        Duration::from_secs(120),
+    )
+    .await;
     println!(
         "  presence sync: every view complete in {:.3} s ({} diffs; {:.2}x the broadcast round)",
         f.presence_sync_s,
@@ -429,24 +439,42 @@ pub async fn run_once(
     Ok(f)
 }
 
-/// Raises the tenant limit, then runs the scenario `repeat` times and returns the runs.
-pub async fn run(
-    cfg: Arc<ClientConfig>,
-    tenant: &str,
-    api_secret: &str,
-    n: usize,
-    rate: f64,
-    duration: f64,
-    drain_max: f64,
-    repeat: usize,
-) -> Result<Vec<Figures>, String> {
-    raise_presence_limit(&cfg.url, tenant, api_secret).await?;
+/// What to run.
+pub struct Plan<'a> {
+    /// Tenant external id.
+    pub tenant: &'a str,
+    /// `API_JWT_SECRET` of the server, for the tenants API.
+    pub api_secret: &'a str,
+    /// Clients on the topic.
+    pub conns: usize,
+    /// Total presence updates per second during the churn.
+    pub rate: f64,
+    /// Churn length in seconds.
+    pub duration: f64,
+    /// Longest wait for the churn's last diffs, in seconds.
+    pub drain_max: f64,
+    /// Runs.
+    pub repeat: usize,
+}
+
+/// Raises the tenant limit, then runs the scenario `plan.repeat` times and returns the runs.
+pub async fn run(cfg: Arc<ClientConfig>, plan: &Plan<'_>) -> Result<Vec<Figures>, String> {
+    raise_presence_limit(&cfg.url, plan.tenant, plan.api_secret).await?;
     // The tenant update disconnects the tenant's sockets; let it settle.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut runs = Vec::new();
-    for r in 0..repeat {
-        println!("  run {}/{repeat}:", r + 1);
-        runs.push(run_once(cfg.clone(), n, rate, duration, drain_max).await?);
+    for r in 0..plan.repeat {
+        println!("  run {}/{}:", r + 1, plan.repeat);
+        runs.push(
+            run_once(
+                cfg.clone(),
+                plan.conns,
+                plan.rate,
+                plan.duration,
+                plan.drain_max,
+            )
+            .await?,
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Ok(runs)
