@@ -21,6 +21,8 @@ use crate::types::ConnId;
 
 /// WebSocket close code sent after `TenantNotFound` or `ClientJoinRateLimitReached` at join.
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// Least time between two checks of the tenant's events limit by one socket.
+const EVENTS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// WebSocket close code of a tenant-wide disconnect.
 const CLOSE_SERVICE_RESTART: u16 = 1012;
 
@@ -126,6 +128,10 @@ pub struct Session {
     channels: HashMap<String, Joined>,
     topics_by_slot: HashMap<ChannelSlot, String>,
     next_slot: ChannelSlot,
+    /// Some channel received fan-out since the last events-limit check.
+    fanout_pending: bool,
+    /// When the events limit was last checked.
+    events_checked_at: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -151,6 +157,8 @@ impl Session {
             channels: HashMap::new(),
             topics_by_slot: HashMap::new(),
             next_slot: 1,
+            fanout_pending: false,
+            events_checked_at: None,
         }
     }
 
@@ -715,28 +723,37 @@ impl Session {
         };
         if let Some(channel) = self.channels.get_mut(topic) {
             channel.delivered_in_batch = true;
+            self.fanout_pending = true;
             out.push(frame);
         }
     }
 
     /// Checks the tenant's events limit for the channels that received fan-out since the last
-    /// call; when it tripped, those channels shut down.
+    /// check; while it is tripped, those channels shut down.
+    ///
+    /// The tenant's rolling average only moves at its 5 s ticks, so one check per
+    /// [`EVENTS_CHECK_INTERVAL`] sees every trip; the socket does not lock the counter on every
+    /// drained batch.
     pub fn after_fanout_batch(&mut self, out: &mut Vec<Frame>) {
+        if !self.fanout_pending {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if self
+            .events_checked_at
+            .is_some_and(|at| now.duration_since(at) < EVENTS_CHECK_INTERVAL)
+        {
+            return;
+        }
+        self.events_checked_at = Some(now);
+        self.fanout_pending = false;
+        let tripped = self.limiter.check_channel_events(&self.tenant.limits, now);
         let delivered: Vec<String> = self
             .channels
             .iter_mut()
             .filter_map(|(t, c)| std::mem::take(&mut c.delivered_in_batch).then(|| t.clone()))
             .collect();
-        if delivered.is_empty() {
-            return;
-        }
-        if let Err(err) = self
-            .limiter
-            .check_channel_events(&self.tenant.limits, std::time::Instant::now())
-        {
-            let LimitExceeded::ChannelEvents { .. } = err else {
-                return;
-            };
+        if let Err(err @ LimitExceeded::ChannelEvents { .. }) = tripped {
             for topic in delivered {
                 self.shutdown(&topic, err.code(), err.client_text(), out);
             }

@@ -40,6 +40,10 @@ fn to_message(frame: Frame) -> Option<Message> {
 }
 
 /// Runs the socket until it closes.
+///
+/// The futures that register wake-ups (slow-consumer mark, node shutdown, the timer) are
+/// created once and polled again on every turn, so a turn that only drains fan-out does no
+/// timer or waiter registration.
 pub(super) async fn run_socket(params: SocketParams) {
     let SocketParams {
         socket,
@@ -50,7 +54,6 @@ pub(super) async fn run_socket(params: SocketParams) {
         transport,
     } = params;
     let (mut sink, mut stream) = socket.split();
-    let mut shutdown = transport.shutdown.clone();
     let config = &transport.config;
     let mut out: Vec<Frame> = Vec::new();
     let mut flood = TokenBucket::per_second(
@@ -58,31 +61,45 @@ pub(super) async fn run_socket(params: SocketParams) {
         config.max_frames_per_second,
         std::time::Instant::now(),
     );
-    let mut idle_deadline = Instant::now() + config.idle_timeout;
+    let mut last_inbound = Instant::now();
     let mut empty_since = Some(Instant::now());
     let mut dropped_floods: u64 = 0;
 
-    let close: (u16, &'static str) = loop {
-        let no_channel_deadline = empty_since.map(|t| t + transport.no_channel_timeout);
-        let deadline = [
-            Some(idle_deadline),
-            no_channel_deadline,
+    let slow = signals.slow_marked();
+    tokio::pin!(slow);
+    let mut shutdown_rx = transport.shutdown.clone();
+    let shutdown = async move {
+        // Resolves when the node drains, or when its sender is gone.
+        while !*shutdown_rx.borrow_and_update() {
+            if shutdown_rx.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::pin!(shutdown);
+    // One timer for every deadline: idle timeout, no-channel timeout, token expiry. It may fire
+    // early (a deadline moved later); the check below then only re-arms it.
+    let wanted = |session: &Session, last_inbound: Instant, empty_since: Option<Instant>| {
+        [
+            Some(last_inbound + config.idle_timeout),
+            empty_since.map(|t| t + transport.no_channel_timeout),
             session.next_expiry(),
         ]
         .into_iter()
         .flatten()
         .min()
-        .unwrap_or(idle_deadline);
+        .unwrap_or(last_inbound + config.idle_timeout)
+    };
+    let mut armed = wanted(&session, last_inbound, empty_since);
+    let timer = sleep_until(armed);
+    tokio::pin!(timer);
+
+    let close: (u16, &'static str) = loop {
+        let mut rearm = false;
         let control = tokio::select! {
             biased;
-            () = signals.slow_marked() => SessionControl::Close { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer" },
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    SessionControl::Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" }
-                } else {
-                    SessionControl::Continue
-                }
-            }
+            () = &mut slow => SessionControl::Close { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer" },
+            () = &mut shutdown => SessionControl::Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" },
             item = rx.recv() => {
                 let mut control = SessionControl::Continue;
                 let mut next = item;
@@ -109,7 +126,8 @@ pub(super) async fn run_socket(params: SocketParams) {
                 control
             }
             frame = stream.next() => {
-                idle_deadline = Instant::now() + config.idle_timeout;
+                last_inbound = Instant::now();
+                rearm = true;
                 match frame {
                     None | Some(Ok(Message::Close(_))) => break (CLOSE_NORMAL, ""),
                     Some(Err(err)) => {
@@ -148,11 +166,12 @@ pub(super) async fn run_socket(params: SocketParams) {
                     }
                 }
             }
-            () = sleep_until(deadline) => {
+            () = &mut timer => {
                 let now = Instant::now();
-                if now >= idle_deadline {
+                rearm = true;
+                if now >= last_inbound + config.idle_timeout {
                     SessionControl::Close { code: CLOSE_IDLE, reason: "idle timeout" }
-                } else if no_channel_deadline.is_some_and(|d| now >= d) {
+                } else if empty_since.is_some_and(|t| now >= t + transport.no_channel_timeout) {
                     SessionControl::Close { code: CLOSE_NORMAL, reason: "no channels joined" }
                 } else {
                     session.expire_tokens(&mut out);
@@ -160,10 +179,18 @@ pub(super) async fn run_socket(params: SocketParams) {
                 }
             }
         };
+        let was_empty = empty_since.is_some();
         if session.channel_count() == 0 {
             empty_since.get_or_insert_with(Instant::now);
         } else {
             empty_since = None;
+        }
+        if rearm || was_empty != empty_since.is_some() {
+            let next = wanted(&session, last_inbound, empty_since);
+            if next != armed || timer.is_elapsed() {
+                armed = next;
+                timer.as_mut().reset(next);
+            }
         }
         if !out.is_empty() {
             let write = async {
