@@ -238,6 +238,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let local_addr = listener.local_addr().context("listener address")?;
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
+        // No Nagle: a join reply written right after the 101 response would otherwise wait
+        // for the client's delayed ACK (tens of milliseconds per join).
+        let listener =
+            axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+                if let Err(err) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                }
+            });
         axum::serve(listener, router)
             .with_graceful_shutdown(async {
                 // Resolves on an explicit stop and when the handle is dropped.

@@ -855,3 +855,16 @@ async fn max_connections_and_max_header_length_are_honoured() {
     assert_eq!(r.status(), 431);
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let app = start(&[]).await;
+    let mut ws = connect(&app, "2.0.0").await;
+    join(&mut ws, "realtime:r", "1", default_config()).await;
+    let frame = Frame::message(vec![b'[', 0xff, 0xfe, b']'], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(frame)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1007);
+    app.shutdown().await.unwrap();
+}

@@ -125,6 +125,7 @@ pub struct Session {
     vsn: Vsn,
     outbox: Outbox,
     conn_token: String,
+    conn_claims: Claims,
     channels: HashMap<String, Joined>,
     topics_by_slot: HashMap<ChannelSlot, String>,
     next_slot: ChannelSlot,
@@ -135,7 +136,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates the session of a socket whose handshake admitted `tenant` with `conn_token`.
+    /// Creates the session of a socket whose handshake admitted `tenant` with `conn_token`,
+    /// whose verified claims are `conn_claims`.
     pub fn new(
         ctx: Arc<ChannelContext>,
         tenant: Arc<Tenant>,
@@ -144,6 +146,7 @@ impl Session {
         vsn: Vsn,
         outbox: Outbox,
         conn_token: String,
+        conn_claims: Claims,
     ) -> Session {
         Session {
             ctx,
@@ -154,6 +157,7 @@ impl Session {
             vsn,
             outbox,
             conn_token,
+            conn_claims,
             channels: HashMap::new(),
             topics_by_slot: HashMap::new(),
             next_slot: 1,
@@ -426,7 +430,21 @@ impl Session {
             Some(t) if !t.starts_with("sb_") => t.clone(),
             _ => self.conn_token.clone(),
         };
-        let claims = self.verify(&token).map_err(|e| Refusal::from_error(&e))?;
+        let claims = if token == self.conn_token {
+            // Verified at the handshake against the same tenant keys (a key change disconnects
+            // the tenant's sockets); only the expiry can have changed since.
+            let claims = self.conn_claims.clone();
+            let now = unix_now();
+            if claims.exp <= now {
+                let err = TokenError::Expired {
+                    seconds_ago: now - claims.exp,
+                };
+                return Err(Refusal::from_error(&err));
+            }
+            claims
+        } else {
+            self.verify(&token).map_err(|e| Refusal::from_error(&e))?
+        };
         if config.private {
             return Err(Refusal::new(
                 ErrorCode::Unauthorized,

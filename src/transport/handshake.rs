@@ -20,6 +20,9 @@ use crate::phoenix::Vsn;
 use crate::tenants::Tenant;
 use crate::types::{ConnId, TenantId};
 
+/// Initial read buffer of a socket; it grows for larger frames. Small, because idle sockets
+/// dominate memory.
+const READ_BUFFER_BYTES: usize = 1024;
 /// Bytes of queued frames after which a write goes out even before the flush.
 const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
@@ -150,7 +153,7 @@ pub(super) async fn upgrade(
             let max = config.max_frame_bytes;
             // Small starting buffers keep idle sockets light; tungstenite requires the write
             // buffer cap to exceed the write buffer size.
-            ws.read_buffer_size(4096)
+            ws.read_buffer_size(READ_BUFFER_BYTES)
                 .write_buffer_size(WRITE_BUFFER_BYTES)
                 .max_write_buffer_size(WRITE_BUFFER_BYTES + max.saturating_mul(2))
                 .max_message_size(max)
@@ -172,6 +175,7 @@ pub(super) async fn upgrade(
                         vsn,
                         outbox,
                         admitted.token,
+                        admitted.claims,
                     );
                     transport.open_sockets.fetch_add(1, Ordering::Relaxed);
                     run_socket(SocketParams {
@@ -198,6 +202,7 @@ pub(super) async fn upgrade(
 struct Admitted {
     tenant: Arc<Tenant>,
     token: String,
+    claims: crate::auth::Claims,
     limiter: crate::limits::TenantLimiter,
 }
 
@@ -234,7 +239,7 @@ async fn admit(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    verify_client_token(&token, keys, &transport.channels.claim_validators, now)
+    let claims = verify_client_token(&token, keys, &transport.channels.claim_validators, now)
         .map_err(|e| token_refusal(&e))?;
     let limiter = transport
         .limits
@@ -253,6 +258,7 @@ async fn admit(
     Ok(Admitted {
         tenant,
         token,
+        claims,
         limiter,
     })
 }

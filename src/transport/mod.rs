@@ -7,6 +7,7 @@
 //! |---|---|
 //! | 1000 | the socket had no channel for `NO_CHANNEL_TIMEOUT_IN_MS` |
 //! | 1001 | join refused with `TenantNotFound` or `ClientJoinRateLimitReached`; node shutting down |
+//! | 1007 | a text frame that is not valid UTF-8 |
 //! | 1009 | a frame larger than `WS_MAX_FRAME_BYTES` |
 //! | 1011 | a write failed or timed out (`WS_WRITE_TIMEOUT_MS`) |
 //! | 1012 | tenant-wide disconnect (tenant updated, reloaded or deleted) |
@@ -33,6 +34,8 @@ use crate::limits::Limits;
 pub const CLOSE_NORMAL: u16 = 1000;
 /// Going away (join refusals that end the socket, node shutdown).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// A text frame whose payload is not UTF-8.
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
 /// A message too big to process.
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Internal error (write failure).

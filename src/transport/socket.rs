@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use super::{
-    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
-    Transport,
+    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, Transport,
 };
 use crate::channel::{Session, SessionControl};
 use crate::error::ErrorCode;
@@ -133,6 +133,10 @@ pub(super) async fn run_socket(params: SocketParams) {
                     Some(Err(err)) => {
                         // tungstenite reports oversized messages as a capacity error.
                         let text = err.to_string();
+                        if text.contains("UTF-8") {
+                            tracing::info!(error_code = %ErrorCode::MalformedWebSocketMessage, error = %text, "text frame is not UTF-8");
+                            break (CLOSE_INVALID_PAYLOAD, "text frame is not valid UTF-8");
+                        }
                         if text.contains("too long") || text.contains("Space limit") {
                             tracing::info!(error_code = %ErrorCode::MalformedWebSocketMessage, error = %text, "frame too large");
                             break (CLOSE_TOO_BIG, "frame too large");
