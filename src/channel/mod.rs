@@ -12,4 +12,4 @@ mod join;
 mod session;
 
 pub use join::{JoinConfig, ReplayConfig, join_reply_response, postgres_changes_id};
-pub use session::{ChannelContext, Session, SessionControl};
+pub use session::{AdmittedSocket, ChannelContext, Session, SessionControl};

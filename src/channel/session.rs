@@ -58,6 +58,24 @@ pub enum SessionControl {
     },
 }
 
+/// What the handshake established about a socket.
+pub struct AdmittedSocket {
+    /// The tenant the socket belongs to.
+    pub tenant: Arc<Tenant>,
+    /// The tenant's counters.
+    pub limiter: TenantLimiter,
+    /// The connection's id.
+    pub conn: ConnId,
+    /// The socket's wire format.
+    pub vsn: Vsn,
+    /// The socket's queue.
+    pub outbox: Outbox,
+    /// The connection JWT.
+    pub token: String,
+    /// Its verified claims.
+    pub claims: Claims,
+}
+
 /// One joined channel.
 struct Joined {
     join_ref: Option<String>,
@@ -136,28 +154,18 @@ pub struct Session {
 }
 
 impl Session {
-    /// Creates the session of a socket whose handshake admitted `tenant` with `conn_token`,
-    /// whose verified claims are `conn_claims`.
-    pub fn new(
-        ctx: Arc<ChannelContext>,
-        tenant: Arc<Tenant>,
-        limiter: TenantLimiter,
-        conn: ConnId,
-        vsn: Vsn,
-        outbox: Outbox,
-        conn_token: String,
-        conn_claims: Claims,
-    ) -> Session {
+    /// Creates the session of a socket the handshake admitted.
+    pub fn new(ctx: Arc<ChannelContext>, socket: AdmittedSocket) -> Session {
         Session {
             ctx,
-            tenant,
-            limiter,
+            tenant: socket.tenant,
+            limiter: socket.limiter,
             user: None,
-            conn,
-            vsn,
-            outbox,
-            conn_token,
-            conn_claims,
+            conn: socket.conn,
+            vsn: socket.vsn,
+            outbox: socket.outbox,
+            conn_token: socket.token,
+            conn_claims: socket.claims,
             channels: HashMap::new(),
             topics_by_slot: HashMap::new(),
             next_slot: 1,

@@ -166,16 +166,17 @@ pub(super) async fn upgrade(
                         conn,
                         outbox.clone(),
                     );
-                    let limiter = admitted.limiter.clone();
                     let session = crate::channel::Session::new(
                         transport.channels.clone(),
-                        admitted.tenant.clone(),
-                        limiter,
-                        conn,
-                        vsn,
-                        outbox,
-                        admitted.token,
-                        admitted.claims,
+                        crate::channel::AdmittedSocket {
+                            tenant: admitted.tenant,
+                            limiter: admitted.limiter,
+                            conn,
+                            vsn,
+                            outbox,
+                            token: admitted.token,
+                            claims: admitted.claims,
+                        },
                     );
                     transport.open_sockets.fetch_add(1, Ordering::Relaxed);
                     run_socket(SocketParams {
