@@ -169,7 +169,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         .await
         .context("seeding the self-host tenant")?;
 
+    let fallback_tenant = config
+        .transport
+        .fallback_tenant
+        .as_deref()
+        .map(crate::types::TenantId::from);
     let state = ApiState {
+        fallback_tenant: fallback_tenant.clone(),
         tenants: tenants.clone(),
         api: Arc::new(config.api.clone()),
         node_name: Arc::from(config.cluster.node_name.as_str()),
@@ -203,6 +209,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         channels,
         limits: limits.clone(),
         config: config.transport.clone(),
+        fallback_tenant: fallback_tenant.clone(),
         connect_error_backoff: config.channel.connect_error_backoff,
         no_channel_timeout: config.channel.no_channel_timeout,
         max_connections: config.http.max_connections as usize,

@@ -22,6 +22,16 @@ impl TenantId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Returns the tenant a `Host` header value names: its first DNS label, without the port
+    /// (`abcd.supabase.co:443` → `abcd`, `127.0.0.1` → `127`), as the original does.
+    pub fn from_host(host: &str) -> TenantId {
+        let without_port = match host.rsplit_once(':') {
+            Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        TenantId::new(without_port.split('.').next().unwrap_or(without_port))
+    }
 }
 
 impl fmt::Display for TenantId {
@@ -74,5 +84,21 @@ impl ConnId {
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tenant_is_the_first_host_label() {
+        let id = |h: &str| TenantId::from_host(h).as_str().to_string();
+        assert_eq!(id("abcd.supabase.co"), "abcd");
+        assert_eq!(id("realtime-dev.supabase-realtime:4000"), "realtime-dev");
+        assert_eq!(id("t1.localhost:4000"), "t1");
+        assert_eq!(id("localhost:4000"), "localhost");
+        assert_eq!(id("127.0.0.1:4000"), "127");
+        assert_eq!(id(""), "");
     }
 }

@@ -6,84 +6,26 @@ mod common;
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::ws::{SELF_HOST, Ws, connect_as, recv_json as recv, send_json as send, silent};
 
-const SELF_HOST: &str = "realtime-dev";
 const TOPIC: &str = "realtime:room1";
 
 fn token(secret: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-        + 3600;
-    common::sign(&json!({"role": "anon", "exp": exp}), secret)
+    common::ws::client_token(secret, 3600)
 }
 
 async fn start(extra: &[(&str, &str)]) -> realtime::app::RunningApp {
-    let mut vars = vec![
-        ("SEED_SELF_HOST", "true"),
-        ("CHANNEL_ERROR_BACKOFF_MS", "10"),
-    ];
-    vars.extend_from_slice(extra);
-    common::start_app(&vars).await.0
+    common::ws::start_seeded(extra).await
 }
 
 async fn connect_to(app: &realtime::app::RunningApp, tenant: &str, secret: &str, vsn: &str) -> Ws {
-    let url = format!(
-        "ws://{}/socket/websocket?apikey={}&vsn={vsn}",
-        app.local_addr(),
-        token(secret)
-    );
-    let mut request = url.into_client_request().expect("a websocket request");
-    request.headers_mut().insert(
-        "host",
-        HeaderValue::from_str(&format!("{tenant}.localhost")).expect("a header value"),
-    );
-    tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket connects")
-        .0
+    connect_as(app, tenant, &token(secret), vsn).await
 }
 
 async fn connect(app: &realtime::app::RunningApp) -> Ws {
     connect_to(app, SELF_HOST, common::API_SECRET, "2.0.0").await
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::text(frame.to_string()))
-        .await
-        .expect("frame sent");
-}
-
-async fn recv(ws: &mut Ws) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a frame within 5 s")
-            .expect("socket open")
-            .expect("a valid frame");
-        match message {
-            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
-}
-
-/// Asserts that no frame arrives within `ms`.
-async fn silent(ws: &mut Ws, ms: u64) {
-    if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(ms), ws.next()).await {
-        panic!("expected no frame, got {m:?}");
-    }
 }
 
 fn config(key: &str, enabled: bool) -> Value {

@@ -8,101 +8,26 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use common::ws::{
+    Ws, close_code, connect_as, now, recv_binary, recv_json, send_json as send, silent, try_connect,
+};
 
-const TENANT: &str = "realtime-dev";
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+const TENANT: &str = common::ws::SELF_HOST;
 
 fn token(exp_in: i64) -> String {
-    common::sign(
-        &json!({"role": "anon", "exp": now() + exp_in}),
-        common::API_SECRET,
-    )
+    common::ws::client_token(common::API_SECRET, exp_in)
 }
 
 async fn start(extra: &[(&str, &str)]) -> realtime::app::RunningApp {
-    let mut vars = vec![
-        ("SEED_SELF_HOST", "true"),
-        ("CHANNEL_ERROR_BACKOFF_MS", "20"),
-        ("CONNECT_ERROR_BACKOFF_MS", "10"),
-    ];
-    vars.extend_from_slice(extra);
-    common::start_app(&vars).await.0
-}
-
-async fn try_connect(
-    app: &realtime::app::RunningApp,
-    host: &str,
-    query: &str,
-) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let url = format!("ws://{}/socket/websocket?{query}", app.local_addr());
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("host", HeaderValue::from_str(host).unwrap());
-    tokio_tungstenite::connect_async(request)
-        .await
-        .map(|(ws, _)| ws)
+    common::ws::start_seeded(extra).await
 }
 
 async fn connect(app: &realtime::app::RunningApp, vsn: &str) -> Ws {
-    try_connect(
-        app,
-        &format!("{TENANT}.localhost"),
-        &format!("apikey={}&vsn={vsn}", token(3600)),
-    )
-    .await
-    .expect("websocket connects")
-}
-
-async fn next_message(ws: &mut Ws) -> Message {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a frame within 5 s")
-            .expect("socket open")
-            .expect("valid frame");
-        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
-            return message;
-        }
-    }
-}
-
-async fn recv_json(ws: &mut Ws) -> Value {
-    match next_message(ws).await {
-        Message::Text(text) => serde_json::from_str(text.as_str()).expect("JSON text frame"),
-        other => panic!("expected a text frame, got {other:?}"),
-    }
-}
-
-async fn recv_binary(ws: &mut Ws) -> Bytes {
-    match next_message(ws).await {
-        Message::Binary(bytes) => bytes,
-        other => panic!("expected a binary frame, got {other:?}"),
-    }
-}
-
-/// Asserts that nothing arrives within `ms`.
-async fn silent(ws: &mut Ws, ms: u64) {
-    if let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(ms), ws.next()).await {
-        panic!("expected no frame, got {m:?}");
-    }
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::text(frame.to_string())).await.unwrap();
+    connect_as(app, TENANT, &token(3600), vsn).await
 }
 
 fn join_payload(config: Value) -> Value {
@@ -150,20 +75,6 @@ fn kind3(
         frame.extend_from_slice(part);
     }
     Message::binary(frame)
-}
-
-async fn close_code(ws: &mut Ws) -> u16 {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("closed within 10 s")
-        {
-            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
-            Some(Ok(Message::Close(None))) | None => return 1005,
-            Some(Err(_)) => return 1006,
-            Some(Ok(_)) => {}
-        }
-    }
 }
 
 #[tokio::test]

@@ -110,24 +110,20 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Resp
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let label = crate::transport::tenant_from_host(host);
-    let mut tenant = None;
-    for id in std::iter::once(TenantId::from(label)).chain(api.fallback_tenant.clone()) {
-        match api.tenants.get(&id).await {
-            Ok(Some(t)) => {
-                tenant = Some(t);
-                break;
-            }
-            Ok(None) => {}
-            Err(err) => {
-                tracing::error!(error_code = %err.code(), error = %err, "tenant lookup failed for an HTTP broadcast");
-                return Err(message(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "Unable to load the tenant",
-                ));
-            }
+    let tenant = match api
+        .tenants
+        .resolve_host(host, api.fallback_tenant.as_ref())
+        .await
+    {
+        Ok(tenant) => tenant,
+        Err(err) => {
+            tracing::error!(error_code = %err.code(), error = %err, "tenant lookup failed for an HTTP broadcast");
+            return Err(message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Unable to load the tenant",
+            ));
         }
-    }
+    };
     let Some(tenant) = tenant else {
         return Err(message(
             StatusCode::UNAUTHORIZED,

@@ -38,6 +38,8 @@ pub struct ApiState {
     pub node_name: Arc<str>,
     /// This node's region (`REGION`), shown by tenant health.
     pub region: Option<Arc<str>>,
+    /// `FALLBACK_TENANT`: the tenant of a Host that names none.
+    pub fallback_tenant: Option<crate::types::TenantId>,
     /// Largest accepted JSON body of the tenants API, bytes.
     pub body_limit: usize,
 }

@@ -219,6 +219,25 @@ impl Tenants {
         Ok(Some(tenant))
     }
 
+    /// Returns the tenant a `Host` header value names (its first label), else the `fallback`
+    /// tenant (`FALLBACK_TENANT`) when there is one: the tenant routing of every edge.
+    ///
+    /// # Errors
+    /// As [`Tenants::get`].
+    pub async fn resolve_host(
+        &self,
+        host: &str,
+        fallback: Option<&TenantId>,
+    ) -> Result<Option<Arc<Tenant>>, TenantsError> {
+        if let Some(tenant) = self.get(&TenantId::from_host(host)).await? {
+            return Ok(Some(tenant));
+        }
+        match fallback {
+            Some(id) => self.get(id).await,
+            None => Ok(None),
+        }
+    }
+
     /// Returns every tenant, oldest first (not cached).
     ///
     /// # Errors

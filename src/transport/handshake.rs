@@ -18,7 +18,7 @@ use crate::hub::outbox;
 use crate::limits::LimitExceeded;
 use crate::phoenix::Vsn;
 use crate::tenants::Tenant;
-use crate::types::{ConnId, TenantId};
+use crate::types::ConnId;
 
 /// Initial read buffer of a socket; it grows for larger frames. Small, because idle sockets
 /// dominate memory.
@@ -55,15 +55,6 @@ impl Refusal {
     }
 }
 
-/// Returns the first DNS label of a Host header value (`abcd.supabase.co:443` → `abcd`).
-pub fn tenant_from_host(host: &str) -> &str {
-    let without_port = match host.rsplit_once(':') {
-        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    };
-    without_port.split('.').next().unwrap_or(without_port)
-}
-
 async fn resolve_tenant(
     transport: &Transport,
     headers: &HeaderMap,
@@ -72,27 +63,20 @@ async fn resolve_tenant(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let tenants = &transport.channels.tenants;
-    let lookup = |id: TenantId| async move { tenants.get(&id).await };
-    let failed = |err: crate::tenants::TenantsError| {
-        tracing::error!(error_code = %err.code(), error = %err, "tenant lookup failed at handshake");
-        Refusal::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Error connecting to Realtime",
-            ErrorCode::ErrorConnectingToWebsocket,
-        )
-    };
-    if let Some(tenant) = lookup(TenantId::from(tenant_from_host(host)))
+    let found = transport
+        .channels
+        .tenants
+        .resolve_host(host, transport.fallback_tenant.as_ref())
         .await
-        .map_err(failed)?
-    {
-        return Ok(tenant);
-    }
-    if let Some(fallback) = &transport.config.fallback_tenant
-        && let Some(tenant) = lookup(TenantId::from(fallback.as_str()))
-            .await
-            .map_err(failed)?
-    {
+        .map_err(|err| {
+            tracing::error!(error_code = %err.code(), error = %err, "tenant lookup failed at handshake");
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error connecting to Realtime",
+                ErrorCode::ErrorConnectingToWebsocket,
+            )
+        })?;
+    if let Some(tenant) = found {
         return Ok(tenant);
     }
     Err(Refusal::new(
@@ -262,21 +246,4 @@ async fn admit(
         claims,
         limiter,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tenant_is_the_first_host_label() {
-        assert_eq!(tenant_from_host("abcd.supabase.co"), "abcd");
-        assert_eq!(
-            tenant_from_host("realtime-dev.supabase-realtime:4000"),
-            "realtime-dev"
-        );
-        assert_eq!(tenant_from_host("localhost:4000"), "localhost");
-        assert_eq!(tenant_from_host("127.0.0.1:4000"), "127");
-        assert_eq!(tenant_from_host(""), "");
-    }
 }

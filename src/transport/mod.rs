@@ -17,8 +17,6 @@
 mod handshake;
 mod socket;
 
-pub use handshake::tenant_from_host;
-
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -29,6 +27,7 @@ use axum::routing::get;
 use crate::channel::ChannelContext;
 use crate::config::TransportConfig;
 use crate::limits::Limits;
+use crate::types::TenantId;
 
 /// Normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -55,6 +54,8 @@ pub struct Transport {
     pub limits: Arc<Limits>,
     /// Transport settings.
     pub config: TransportConfig,
+    /// `FALLBACK_TENANT`: the tenant of a Host that names none.
+    pub fallback_tenant: Option<TenantId>,
     /// `CONNECT_ERROR_BACKOFF_MS`.
     pub connect_error_backoff: Duration,
     /// `NO_CHANNEL_TIMEOUT_IN_MS`.

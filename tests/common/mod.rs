@@ -5,6 +5,8 @@
 //! `atexit` hook), and by a detached watchdog if the process dies without running it.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
