@@ -213,6 +213,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         connect_error_backoff: config.channel.connect_error_backoff,
         no_channel_timeout: config.channel.no_channel_timeout,
         max_connections: config.http.max_connections as usize,
+        max_header_length: config.http.max_header_length,
         open_sockets: AtomicUsize::new(0),
         shutdown: sockets_stopped,
     });
@@ -232,13 +233,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             .map(crate::types::TenantId::from),
         body_limit: config.http.max_body_bytes,
     });
+    // The WebSocket routes stay outside the HTTP middleware: every upgrade would otherwise pay
+    // for it, and the handshake checks header lengths itself.
     let router = api::router(state)
         .merge(api::broadcast_routes(broadcast_api))
-        .merge(transport::router(transport.clone()))
         .layer(axum::middleware::from_fn_with_state(
             config.http.max_header_length,
             api::limit_header_length,
-        ));
+        ))
+        .merge(transport::router(transport.clone()));
 
     let listen = config.http.listen_addr();
     let listener = bind_listener(listen).with_context(|| format!("cannot listen on {listen}"))?;

@@ -764,6 +764,24 @@ async fn max_connections_and_max_header_length_are_honoured() {
         .await
         .unwrap();
     assert_eq!(r.status(), 431);
+    let url = format!(
+        "ws://{}/socket/websocket?apikey={}&vsn=2.0.0",
+        app.local_addr(),
+        token(60)
+    );
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("host", HeaderValue::from_str(&host).unwrap());
+    request
+        .headers_mut()
+        .insert("x-long", HeaderValue::from_str(&"v".repeat(3000)).unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 431)
+        }
+        other => panic!("expected 431, got {:?}", other.map(|_| ())),
+    }
     app.shutdown().await.unwrap();
 }
 

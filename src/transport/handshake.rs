@@ -1,6 +1,5 @@
 //! The WebSocket handshake: `vsn`, tenant from the Host header, connection JWT, limits.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -120,15 +119,34 @@ fn token_refusal(err: &TokenError) -> Refusal {
     }
 }
 
+/// The query parameters the handshake reads (others, like `log_level`, are ignored).
+#[derive(serde::Deserialize)]
+pub(super) struct HandshakeQuery {
+    vsn: Option<String>,
+    apikey: Option<String>,
+}
+
 /// `GET /socket/websocket` and `GET /realtime/v1/websocket`.
 pub(super) async fn upgrade(
     State(transport): State<Arc<Transport>>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<HandshakeQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     // An unsupported serializer version is refused at once, with an empty body.
-    let Some(vsn) = Vsn::from_query(query.get("vsn").map(String::as_str)) else {
+    if headers
+        .values()
+        .any(|v| v.len() > transport.max_header_length)
+    {
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            [(header::CONTENT_TYPE, "application/json")],
+            json!({ "error": format!("a request header is longer than {} bytes", transport.max_header_length) })
+                .to_string(),
+        )
+            .into_response();
+    }
+    let Some(vsn) = Vsn::from_query(query.vsn.as_deref()) else {
         return StatusCode::FORBIDDEN.into_response();
     };
     match admit(&transport, &query, &headers).await {
@@ -193,7 +211,7 @@ struct Admitted {
 
 async fn admit(
     transport: &Transport,
-    query: &HashMap<String, String>,
+    query: &HandshakeQuery,
     headers: &HeaderMap,
 ) -> Result<Admitted, Refusal> {
     if transport.open_sockets.load(Ordering::Relaxed) >= transport.max_connections {
@@ -215,7 +233,7 @@ async fn admit(
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
-        .or_else(|| query.get("apikey").cloned())
+        .or_else(|| query.apikey.clone())
         .unwrap_or_default();
     let keys = TenantKeys {
         jwt_secret: tenant.jwt_secret.as_ref(),

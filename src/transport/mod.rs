@@ -62,6 +62,9 @@ pub struct Transport {
     pub no_channel_timeout: Duration,
     /// `MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// `MAX_HEADER_LENGTH`: longest header value, bytes (checked here: the WebSocket routes skip
+    /// the API's middleware stack).
+    pub max_header_length: usize,
     /// Live sockets on this node.
     pub open_sockets: AtomicUsize,
     /// Flips to true when the node drains; sockets then close with 1001.
