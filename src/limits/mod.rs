@@ -347,12 +347,12 @@ impl TenantLimiter {
         limits: &TenantLimits,
         now: Instant,
     ) -> Result<(), LimitExceeded> {
-        let limit = limits.max_events_per_second;
-        let avg = lock(&self.counters.channel_events).avg(now);
-        if avg >= f64::from(limit) {
-            return Err(LimitExceeded::ChannelEvents { limit, avg });
-        }
-        Ok(())
+        at_or_above(
+            &self.counters.channel_events,
+            limits.max_events_per_second,
+            now,
+            |limit, avg| LimitExceeded::ChannelEvents { limit, avg },
+        )
     }
 
     /// Checks an HTTP broadcast of one message against the channel events counter, without
@@ -365,12 +365,12 @@ impl TenantLimiter {
         limits: &TenantLimits,
         now: Instant,
     ) -> Result<(), LimitExceeded> {
-        let limit = limits.max_events_per_second;
-        let avg = lock(&self.counters.channel_events).avg(now);
-        if avg >= f64::from(limit) {
-            return Err(LimitExceeded::BroadcastRate { limit, avg });
-        }
-        Ok(())
+        at_or_above(
+            &self.counters.channel_events,
+            limits.max_events_per_second,
+            now,
+            |limit, avg| LimitExceeded::BroadcastRate { limit, avg },
+        )
     }
 
     /// Checks an HTTP batch broadcast of `batch` messages against the channel events counter,
@@ -410,12 +410,12 @@ impl TenantLimiter {
         limits: &TenantLimits,
         now: Instant,
     ) -> Result<(), LimitExceeded> {
-        let limit = limits.max_events_per_second;
-        let avg = lock(&self.counters.db_events).avg(now);
-        if avg >= f64::from(limit) {
-            return Err(LimitExceeded::DbEvents { limit, avg });
-        }
-        Ok(())
+        at_or_above(
+            &self.counters.db_events,
+            limits.max_events_per_second,
+            now,
+            |limit, avg| LimitExceeded::DbEvents { limit, avg },
+        )
     }
 
     /// Checks the presence counter and, if not exceeded, counts this event (track and initial
@@ -527,6 +527,21 @@ impl Drop for ConnectedUser {
         let before = self.limiter.counters.users.fetch_sub(1, Ordering::Relaxed);
         debug_assert!(before > 0, "connected users went below zero");
     }
+}
+
+/// Refuses with `exceeded(limit, avg)` while the counter's rolling average is at or above
+/// `limit`; counts nothing.
+fn at_or_above(
+    counter: &Mutex<RateCounter>,
+    limit: u32,
+    now: Instant,
+    exceeded: fn(u32, f64) -> LimitExceeded,
+) -> Result<(), LimitExceeded> {
+    let avg = lock(counter).avg(now);
+    if avg >= f64::from(limit) {
+        return Err(exceeded(limit, avg));
+    }
+    Ok(())
 }
 
 /// Locks a std mutex, ignoring poisoning: every method leaves the state consistent before it can
