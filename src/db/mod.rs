@@ -27,7 +27,7 @@ pub type Row = tokio_postgres::Row;
 /// A Postgres error (kept as the cause of [`DbError`] variants of callers).
 pub type PgError = tokio_postgres::Error;
 /// JSON column values (`json`/`jsonb`).
-pub use tokio_postgres::types::Json;
+pub use tokio_postgres::types::{Json, ToSql};
 
 /// Errors of the metadata database.
 #[derive(Debug, thiserror::Error)]

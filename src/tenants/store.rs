@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::model::TenantLimits;
 use super::validation::TenantWrite;
-use crate::db::{Json, PgError, Row, Transaction};
+use crate::db::{Json, PgError, Row, ToSql, Transaction};
 
 /// Columns read for a tenant, in the order [`StoredTenant::from_row`] expects.
 const TENANT_COLUMNS: &str = "id, external_id, name, jwt_secret, jwt_jwks, postgres_cdc_default,
@@ -163,46 +163,108 @@ fn opt_db_int(value: Option<u32>) -> Option<i32> {
     value.map(as_db_int)
 }
 
+/// The column values of a tenant write, converted once for both INSERT and UPDATE.
+struct TenantValues<'a> {
+    write: &'a TenantWrite,
+    external_id: &'a str,
+    jwt_secret: Option<&'a str>,
+    jwks: Option<Json<&'a Value>>,
+    limits: [i32; 7],
+    presence_window: [Option<i32>; 2],
+}
+
+impl<'a> TenantValues<'a> {
+    fn new(write: &'a TenantWrite, jwt_secret: Option<&'a str>) -> Self {
+        let l = &write.limits;
+        TenantValues {
+            write,
+            external_id: write.external_id.as_str(),
+            jwt_secret,
+            jwks: write.jwt_jwks.as_ref().map(Json),
+            limits: [
+                l.max_concurrent_users,
+                l.max_events_per_second,
+                l.max_bytes_per_second,
+                l.max_channels_per_client,
+                l.max_joins_per_second,
+                l.max_presence_events_per_second,
+                l.max_payload_size_in_kb,
+            ]
+            .map(as_db_int),
+            presence_window: [
+                l.max_client_presence_events_per_window,
+                l.client_presence_window_ms,
+            ]
+            .map(opt_db_int),
+        }
+    }
+
+    /// Parameters `$1..$17` of [`WRITE_COLUMNS`], in order.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.external_id,
+            &self.write.name,
+            &self.jwt_secret,
+            &self.jwks,
+            &self.write.postgres_cdc_default,
+        ];
+        params.extend(self.limits.iter().map(|v| v as &(dyn ToSql + Sync)));
+        params.extend(
+            self.presence_window
+                .iter()
+                .map(|v| v as &(dyn ToSql + Sync)),
+        );
+        params.extend([
+            &self.write.presence_enabled as &(dyn ToSql + Sync),
+            &self.write.private_only,
+            &self.write.suspend,
+        ]);
+        params
+    }
+}
+
+/// The columns a tenant write sets, in the order of [`TenantValues::params`].
+const WRITE_COLUMNS: [&str; 17] = [
+    "external_id",
+    "name",
+    "jwt_secret",
+    "jwt_jwks",
+    "postgres_cdc_default",
+    "max_concurrent_users",
+    "max_events_per_second",
+    "max_bytes_per_second",
+    "max_channels_per_client",
+    "max_joins_per_second",
+    "max_presence_events_per_second",
+    "max_payload_size_in_kb",
+    "max_client_presence_events_per_window",
+    "client_presence_window_ms",
+    "presence_enabled",
+    "private_only",
+    "suspend",
+];
+
 /// Inserts a new tenant row; returns false (and writes nothing) when the external id exists.
 pub(super) async fn insert_tenant(
     tx: &Transaction<'_>,
     write: &TenantWrite,
     jwt_secret: Option<&str>,
 ) -> Result<bool, PgError> {
-    let l = &write.limits;
-    let inserted = tx
-        .execute(
-            "INSERT INTO _realtime.tenants (id, external_id, name, jwt_secret, jwt_jwks,
-                postgres_cdc_default, max_concurrent_users, max_events_per_second,
-                max_bytes_per_second, max_channels_per_client, max_joins_per_second,
-                max_presence_events_per_second, max_payload_size_in_kb,
-                max_client_presence_events_per_window, client_presence_window_ms,
-                presence_enabled, private_only, suspend, inserted_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                $18, now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc')
-             ON CONFLICT (external_id) DO NOTHING",
-            &[
-                &Uuid::new_v4(),
-                &write.external_id.as_str(),
-                &write.name,
-                &jwt_secret,
-                &write.jwt_jwks.as_ref().map(Json),
-                &write.postgres_cdc_default,
-                &as_db_int(l.max_concurrent_users),
-                &as_db_int(l.max_events_per_second),
-                &as_db_int(l.max_bytes_per_second),
-                &as_db_int(l.max_channels_per_client),
-                &as_db_int(l.max_joins_per_second),
-                &as_db_int(l.max_presence_events_per_second),
-                &as_db_int(l.max_payload_size_in_kb),
-                &opt_db_int(l.max_client_presence_events_per_window),
-                &opt_db_int(l.client_presence_window_ms),
-                &write.presence_enabled,
-                &write.private_only,
-                &write.suspend,
-            ],
-        )
-        .await?;
+    let values = TenantValues::new(write, jwt_secret);
+    let id = Uuid::new_v4();
+    let mut params = values.params();
+    params.push(&id);
+    let placeholders: Vec<String> = (1..=WRITE_COLUMNS.len() + 1)
+        .map(|i| format!("${i}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO _realtime.tenants ({}, id, inserted_at, updated_at)
+         VALUES ({}, now() AT TIME ZONE 'utc', now() AT TIME ZONE 'utc')
+         ON CONFLICT (external_id) DO NOTHING",
+        WRITE_COLUMNS.join(", "),
+        placeholders.join(", ")
+    );
+    let inserted = tx.execute(&sql, &params).await?;
     Ok(inserted == 1)
 }
 
@@ -212,37 +274,20 @@ pub(super) async fn update_tenant(
     write: &TenantWrite,
     jwt_secret: Option<&str>,
 ) -> Result<(), PgError> {
-    let l = &write.limits;
-    tx.execute(
-        "UPDATE _realtime.tenants SET name = $2, jwt_secret = $3, jwt_jwks = $4,
-            postgres_cdc_default = $5, max_concurrent_users = $6, max_events_per_second = $7,
-            max_bytes_per_second = $8, max_channels_per_client = $9, max_joins_per_second = $10,
-            max_presence_events_per_second = $11, max_payload_size_in_kb = $12,
-            max_client_presence_events_per_window = $13, client_presence_window_ms = $14,
-            presence_enabled = $15, private_only = $16, suspend = $17,
-            updated_at = now() AT TIME ZONE 'utc'
+    let values = TenantValues::new(write, jwt_secret);
+    // `external_id` ($1) identifies the row; every other column is set.
+    let set: Vec<String> = WRITE_COLUMNS
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, column)| format!("{column} = ${}", i + 1))
+        .collect();
+    let sql = format!(
+        "UPDATE _realtime.tenants SET {}, updated_at = now() AT TIME ZONE 'utc'
          WHERE external_id = $1",
-        &[
-            &write.external_id.as_str(),
-            &write.name,
-            &jwt_secret,
-            &write.jwt_jwks.as_ref().map(Json),
-            &write.postgres_cdc_default,
-            &as_db_int(l.max_concurrent_users),
-            &as_db_int(l.max_events_per_second),
-            &as_db_int(l.max_bytes_per_second),
-            &as_db_int(l.max_channels_per_client),
-            &as_db_int(l.max_joins_per_second),
-            &as_db_int(l.max_presence_events_per_second),
-            &as_db_int(l.max_payload_size_in_kb),
-            &opt_db_int(l.max_client_presence_events_per_window),
-            &opt_db_int(l.client_presence_window_ms),
-            &write.presence_enabled,
-            &write.private_only,
-            &write.suspend,
-        ],
-    )
-    .await?;
+        set.join(", ")
+    );
+    tx.execute(&sql, &values.params()).await?;
     Ok(())
 }
 
