@@ -410,6 +410,18 @@ async fn handshake_refusals_have_the_documented_status_and_body() {
     app.shutdown().await.unwrap();
 }
 
+/// Joins `realtime:a` with `access_token` = `token` and returns the reply.
+async fn join_with_token(ws: &mut Ws, join_ref: &str, token: &str) -> Value {
+    let mut payload = join_payload(default_config());
+    payload["access_token"] = json!(token);
+    send(
+        ws,
+        json!([join_ref, join_ref, "realtime:a", "phx_join", payload]),
+    )
+    .await;
+    recv_json(ws).await
+}
+
 #[tokio::test]
 async fn join_refusals_carry_code_prefixed_reasons() {
     let app = start(&[("TENANT_MAX_CHANNELS_PER_CLIENT", "2")]).await;
@@ -419,41 +431,19 @@ async fn join_refusals_carry_code_prefixed_reasons() {
         reason(join(&mut ws, "realtime:", "1", default_config()).await),
         "TopicNameRequired: You must provide a topic name"
     );
-    let mut expired = join_payload(default_config());
-    expired["access_token"] = json!(token(-30));
-    send(
-        &mut ws,
-        json!(["2", "2", "realtime:a", "phx_join", expired]),
-    )
-    .await;
-    let r = reason(recv_json(&mut ws).await);
+    let r = reason(join_with_token(&mut ws, "2", &token(-30)).await);
     assert!(r.starts_with("InvalidJWTToken: Token has expired "), "{r}");
-    let mut roleless = join_payload(default_config());
-    roleless["access_token"] = json!(common::sign(
-        &json!({"exp": now() + 60}),
-        common::API_SECRET
-    ));
-    send(
-        &mut ws,
-        json!(["3", "3", "realtime:a", "phx_join", roleless]),
-    )
-    .await;
+    let roleless = common::sign(&json!({"exp": now() + 60}), common::API_SECRET);
     assert_eq!(
-        reason(recv_json(&mut ws).await),
+        reason(join_with_token(&mut ws, "3", &roleless).await),
         "InvalidJWTToken: Fields `role` and `exp` are required in JWT"
     );
-    let mut bad_sig = join_payload(default_config());
-    bad_sig["access_token"] = json!(common::sign(
+    let bad_sig = common::sign(
         &json!({"role": "anon", "exp": now() + 60}),
-        "x-another-secret-another-secret-another"
-    ));
-    send(
-        &mut ws,
-        json!(["4", "4", "realtime:a", "phx_join", bad_sig]),
-    )
-    .await;
+        "x-another-secret-another-secret-another",
+    );
     assert_eq!(
-        reason(recv_json(&mut ws).await),
+        reason(join_with_token(&mut ws, "4", &bad_sig).await),
         "JwtSignatureError: Failed to validate JWT signature"
     );
     // An sb_ key falls back to the connection token.
