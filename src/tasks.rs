@@ -116,7 +116,10 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(owner.len(), 2);
         assert!(owner.shutdown(Duration::from_secs(5)).await);
-        assert!(finished.load(Ordering::SeqCst), "shutdown waited for the tracked future");
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "shutdown waited for the tracked future"
+        );
         assert!(owner.is_empty());
         handle.await.unwrap();
     }
@@ -127,7 +130,10 @@ mod tests {
         let child = parent.child();
         child.spawn("child work", std::future::pending());
         assert!(child.shutdown(Duration::from_secs(5)).await);
-        assert!(!parent.is_cancelled(), "a child's shutdown leaves its parent running");
+        assert!(
+            !parent.is_cancelled(),
+            "a child's shutdown leaves its parent running"
+        );
         let other = parent.child();
         parent.shutdown(Duration::from_secs(5)).await;
         assert!(other.is_cancelled());

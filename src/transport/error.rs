@@ -189,11 +189,7 @@ mod tests {
                 ErrorCode::ConnectionRateLimitReached,
             ),
             (
-                LimitExceeded::HandshakeJoins {
-                    limit: 1,
-                    avg: 2.0,
-                }
-                .into(),
+                LimitExceeded::HandshakeJoins { limit: 1, avg: 2.0 }.into(),
                 429,
                 Some("Too many joins per second"),
                 ErrorCode::JoinsRateLimitReached,
@@ -213,7 +209,12 @@ mod tests {
                 Some("Error connecting to Realtime"),
                 ErrorCode::ErrorConnectingToWebsocket,
             ),
-            (HandshakeError::UnsupportedVsn, 403, None, ErrorCode::ErrorConnectingToWebsocket),
+            (
+                HandshakeError::UnsupportedVsn,
+                403,
+                None,
+                ErrorCode::ErrorConnectingToWebsocket,
+            ),
         ];
         for (err, status, text, code) in rows {
             assert_eq!(err.status().as_u16(), status, "{err:?}");

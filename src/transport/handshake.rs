@@ -98,11 +98,11 @@ async fn run_admitted(transport: Arc<Transport>, admitted: Admitted, socket: Web
     } = admitted;
     let (outbox, rx, signals) = outbox(transport.config.outbox_capacity);
     let conn = ConnId::next();
-    let registration =
-        transport
-            .channels
-            .hub
-            .register_connection(tenant.external_id.clone(), conn, outbox.clone());
+    let registration = transport.channels.hub.register_connection(
+        tenant.external_id.clone(),
+        conn,
+        outbox.clone(),
+    );
     let session = crate::channel::Session::new(
         transport.channels.clone(),
         crate::channel::AdmittedSocket {
