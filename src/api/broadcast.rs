@@ -242,7 +242,7 @@ fn publish_batch(
         let payload = match m.get("payload") {
             Some(Value::Object(p)) => {
                 let text = Value::Object(p.clone()).to_string();
-                if text.len() > max_payload(&tenant) {
+                if text.len() > max_payload(tenant) {
                     field("payload", "Payload size exceeds tenant limit");
                 }
                 Some(text)
