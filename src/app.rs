@@ -8,15 +8,12 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
-
-use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
 use crate::broadcast::{Broadcaster, NoPeers};
@@ -27,8 +24,9 @@ use crate::hub::Hub;
 use crate::limits::{Limits, LimitsConfig};
 use crate::presence::crdt::ReplicaId;
 use crate::presence::{NoReplication, Presence};
+use crate::tasks::Owner;
 use crate::tenants::{self, Cipher, TenantChange, Tenants};
-use crate::transport::{self, Transport};
+use crate::transport::{self, OpenSockets, Transport};
 use crate::types::NodeId;
 
 /// Entry point of the `realtime` binary: reads the configuration, starts logging and runs
@@ -73,6 +71,11 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// How long shutdown waits for the sockets to send their close frames.
+const SOCKET_DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long shutdown waits for background tasks and in-flight HTTP requests.
+const TASK_GRACE: Duration = Duration::from_secs(5);
+
 /// A started node: its HTTP listener and subsystems.
 #[derive(Debug)]
 pub struct RunningApp {
@@ -82,10 +85,16 @@ pub struct RunningApp {
     hub: Arc<Hub>,
     transport: Arc<Transport>,
     draining: Arc<AtomicBool>,
-    sockets_stop: watch::Sender<bool>,
-    background: Vec<JoinHandle<()>>,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<std::io::Result<()>>,
+    /// The node's root owner; every subsystem's owner is a child of it.
+    owner: Owner,
+    /// Background tasks (tenant-change listener, limit sweeper).
+    background: Owner,
+    /// The HTTP server task.
+    server: Owner,
+    /// Stops the listener; the server then lets in-flight requests finish.
+    stop_accepting: Option<oneshot::Sender<()>>,
+    /// What the HTTP server task returned.
+    served: oneshot::Receiver<std::io::Result<()>>,
 }
 
 impl RunningApp {
@@ -104,34 +113,43 @@ impl RunningApp {
         &self.hub
     }
 
-    /// Refuses new joins, closes every socket (1001), stops accepting connections, lets
-    /// in-flight requests finish, then closes the DB pool.
+    /// Stops the node in the order of docs/ARCHITECTURE.md ("Shutdown order"): stop accepting,
+    /// mark the node not ready (joins refused with `RealtimeRestarting`), close every socket with
+    /// 1001 after its channels' frames, stop background tasks, let in-flight HTTP requests finish,
+    /// then close the metadata pool. The cluster steps (leave the cluster, release owned
+    /// streams, close the bus) slot in between as their subsystems arrive.
     ///
     /// # Errors
-    /// When the HTTP server task failed.
+    /// When the HTTP server failed or did not stop.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
-        self.draining.store(true, Ordering::Relaxed);
-        // Err only means no socket is listening.
-        let _ = self.sockets_stop.send(true);
-        // Give every socket task the moment it needs to send its close frame (1001).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.transport.open_sockets.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        for task in self.background.drain(..) {
-            task.abort();
-        }
-        if let Some(stop) = self.stop.take() {
-            // Err means the server already stopped on its own; the join below reports why.
+        // 1. Stop accepting: the listener closes; requests already in flight go on.
+        if let Some(stop) = self.stop_accepting.take() {
+            // Err means the server already stopped on its own; `served` below says why.
             let _ = stop.send(());
         }
-        let served = (&mut self.server)
-            .await
-            .context("HTTP server task panicked")?;
+        // 2. Not ready: new joins are refused while the sockets drain.
+        self.draining.store(true, Ordering::Relaxed);
+        // 3. Drain the sockets: each tells its client (close 1001) and ends.
+        if !self.transport.shutdown(SOCKET_DRAIN_GRACE).await {
+            tracing::warn!(
+                open = self.transport.sockets.open(),
+                "sockets still open after the drain grace period"
+            );
+        }
+        // 4. Background tasks, then the HTTP server (in-flight requests finish).
+        if !self.background.shutdown(TASK_GRACE).await {
+            tracing::warn!("background tasks still running after the grace period");
+        }
+        let server_stopped = self.server.shutdown(TASK_GRACE).await;
+        self.owner.shutdown(TASK_GRACE).await;
         self.db.close();
-        served.context("HTTP server failed")
+        if !server_stopped {
+            anyhow::bail!("HTTP server did not stop within {TASK_GRACE:?}");
+        }
+        match self.served.try_recv() {
+            Ok(served) => served.context("HTTP server failed"),
+            Err(_) => anyhow::bail!("HTTP server task ended without a result"),
+        }
     }
 }
 
@@ -195,7 +213,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         },
     ));
     let draining = Arc::new(AtomicBool::new(false));
-    let (sockets_stop, sockets_stopped) = watch::channel(false);
+    let owner = Owner::new();
     let channels = Arc::new(ChannelContext {
         tenants: tenants.clone(),
         hub: hub.clone(),
@@ -212,15 +230,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         fallback_tenant: fallback_tenant.clone(),
         connect_error_backoff: config.channel.connect_error_backoff,
         no_channel_timeout: config.channel.no_channel_timeout,
-        max_connections: config.http.max_connections as usize,
         max_header_length: config.http.max_header_length,
-        open_sockets: AtomicUsize::new(0),
-        shutdown: sockets_stopped,
+        sockets: OpenSockets::new(config.http.max_connections as usize),
+        owner: owner.child(),
     });
-    let background = vec![
-        tokio::spawn(disconnect_on_tenant_changes(tenants.clone(), hub.clone())),
-        tokio::spawn(sweep_idle_limits(limits.clone())),
-    ];
+    let background = owner.child();
+    background.spawn(
+        "tenant changes → sockets",
+        disconnect_on_tenant_changes(tenants.clone(), hub.clone()),
+    );
+    background.spawn("idle limit sweeper", sweep_idle_limits(limits.clone()));
     let broadcast_api = Arc::new(api::BroadcastApi {
         tenants: tenants.clone(),
         broadcaster: broadcaster.clone(),
@@ -246,8 +265,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let listen = config.http.listen_addr();
     let listener = bind_listener(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local_addr = listener.local_addr().context("listener address")?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
+    let (stop_accepting, stop_requested) = oneshot::channel::<()>();
+    let (served_tx, served) = oneshot::channel();
+    let server = owner.child();
+    server.spawn("http server", async move {
         // No Nagle: a join reply written right after the 101 response would otherwise wait
         // for the client's delayed ACK (tens of milliseconds per join).
         let listener =
@@ -256,12 +277,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
                     tracing::debug!(error = %err, "cannot set TCP_NODELAY");
                 }
             });
-        axum::serve(listener, router)
+        let result = axum::serve(listener, router)
             .with_graceful_shutdown(async {
                 // Resolves on an explicit stop and when the handle is dropped.
-                let _ = stopped.await;
+                let _ = stop_requested.await;
             })
-            .await
+            .await;
+        if let Err(err) = &result {
+            tracing::error!(error = %err, "HTTP server failed");
+        }
+        // Err only means nobody waits for the result any more.
+        let _ = served_tx.send(result);
     });
     tracing::info!(addr = %local_addr, node = %config.cluster.node_name, "listening");
     Ok(RunningApp {
@@ -271,10 +297,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         hub,
         transport,
         draining,
-        sockets_stop,
+        owner,
         background,
-        stop: Some(stop),
         server,
+        stop_accepting: Some(stop_accepting),
+        served,
     })
 }
 

@@ -26,6 +26,7 @@ pub mod hub;
 pub mod limits;
 pub mod phoenix;
 pub mod presence;
+pub mod tasks;
 pub mod telemetry;
 pub mod tenants;
 pub mod transport;

@@ -5,15 +5,16 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 use tower_http::cors::{Any, CorsLayer};
 
+use super::ApiError;
 use crate::auth::{TenantKeys, verify_client_token};
 use crate::broadcast::Broadcaster;
 use crate::error::{ErrorCode, OperationalError};
@@ -58,10 +59,6 @@ pub fn broadcast_routes(api: Arc<BroadcastApi>) -> Router {
         .with_state(api)
 }
 
-fn message(status: StatusCode, text: &str) -> Response {
-    (status, Json(json!({ "message": text }))).into_response()
-}
-
 /// The tenant, its counters and the rolling rate, once the shared checks passed.
 struct Admitted {
     tenant: Arc<Tenant>,
@@ -104,32 +101,31 @@ fn bearer_or_apikey(headers: &HeaderMap) -> Result<Option<String>, ()> {
         .map(str::to_string))
 }
 
+/// A refusal of the shared pipeline: the error, and the rate headers when the tenant was known.
+type Refused = (ApiError, Option<(Arc<Tenant>, f64)>);
+
+/// Answers a refusal, with the tenant's rate headers once the tenant is known.
+fn refused((err, rate): Refused) -> Response {
+    tracing::info!(error_code = %err.code(), "HTTP broadcast refused");
+    let response = err.into_response();
+    match rate {
+        Some((tenant, rate)) => with_rate_headers(response, &tenant, rate),
+        None => response,
+    }
+}
+
 /// Tenant from Host (or the fallback), rate check, then JWT: the pipeline before both endpoints.
-async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Response> {
+async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Refused> {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let tenant = match api
+    let tenant = api
         .tenants
         .resolve_host(host, api.fallback_tenant.as_ref())
         .await
-    {
-        Ok(tenant) => tenant,
-        Err(err) => {
-            tracing::error!(error_code = %err.code(), error = %err, "tenant lookup failed for an HTTP broadcast");
-            return Err(message(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Unable to load the tenant",
-            ));
-        }
-    };
-    let Some(tenant) = tenant else {
-        return Err(message(
-            StatusCode::UNAUTHORIZED,
-            "Tenant not found in database",
-        ));
-    };
+        .map_err(|err| (ApiError::from(err), None))?
+        .ok_or((ApiError::UnknownTenant, None))?;
     let now = std::time::Instant::now();
     let limiter = api.limits.tenant(&tenant.external_id, now);
     let rate = match limiter.check_http_request(&tenant.limits, now) {
@@ -139,20 +135,13 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Resp
                 LimitExceeded::HttpRequests { avg, .. } => avg,
                 _ => f64::from(tenant.limits.max_events_per_second),
             };
-            let response = message(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
-            return Err(with_rate_headers(response, &tenant, rate));
+            return Err((err.into(), Some((tenant, rate))));
         }
     };
-    let unauthorized = || {
-        with_rate_headers(
-            message(StatusCode::UNAUTHORIZED, "Unauthorized"),
-            &tenant,
-            rate,
-        )
+    let token = match bearer_or_apikey(headers) {
+        Ok(Some(token)) => token,
+        Ok(None) | Err(()) => return Err((ApiError::Unauthorized, Some((tenant, rate)))),
     };
-    let token = bearer_or_apikey(headers)
-        .map_err(|()| unauthorized())?
-        .ok_or_else(unauthorized)?;
     let keys = TenantKeys {
         jwt_secret: tenant.jwt_secret.as_ref(),
         jwks: tenant.jwt_jwks.as_ref(),
@@ -161,15 +150,11 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Resp
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     if let Err(err) = verify_client_token(&token, keys, &api.claim_validators, unix) {
-        tracing::info!(error_code = %err.code(), tenant = %tenant.external_id, "HTTP broadcast refused: {err}");
-        return Err(unauthorized());
+        tracing::info!(error_code = %err.code(), tenant = %tenant.external_id, "HTTP broadcast token refused: {err}");
+        return Err((ApiError::Unauthorized, Some((tenant, rate))));
     }
     if tenant.suspend {
-        return Err(with_rate_headers(
-            message(StatusCode::FORBIDDEN, "Tenant is suspended"),
-            &tenant,
-            rate,
-        ));
+        return Err((ApiError::Suspended, Some((tenant, rate))));
     }
     Ok(Admitted {
         tenant,
@@ -182,14 +167,6 @@ fn max_payload(tenant: &Tenant) -> usize {
     tenant.limits.max_payload_size_in_kb as usize * 1000
 }
 
-fn unprocessable(errors: Value) -> Response {
-    (
-        StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({ "errors": errors })),
-    )
-        .into_response()
-}
-
 fn is_uuid(s: &str) -> bool {
     uuid::Uuid::parse_str(s).is_ok()
 }
@@ -198,20 +175,42 @@ fn is_uuid(s: &str) -> bool {
 async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: Bytes) -> Response {
     let admitted = match admit(&api, &headers).await {
         Ok(a) => a,
-        Err(response) => return response,
+        Err(refusal) => return refused(refusal),
     };
+    let answer = publish_batch(&api, &admitted, &body);
+    respond(answer, &admitted)
+}
+
+/// Answers with the rate headers of the admitted tenant.
+fn respond(answer: Result<StatusCode, ApiError>, admitted: &Admitted) -> Response {
+    let response = match answer {
+        Ok(status) => status.into_response(),
+        Err(err) => {
+            tracing::info!(error_code = %err.code(), tenant = %admitted.tenant.external_id, "HTTP broadcast refused");
+            err.into_response()
+        }
+    };
+    with_rate_headers(response, &admitted.tenant, admitted.rate)
+}
+
+/// Validates and publishes a batch; 202 when accepted.
+fn publish_batch(
+    api: &BroadcastApi,
+    admitted: &Admitted,
+    body: &[u8],
+) -> Result<StatusCode, ApiError> {
     let Admitted {
-        tenant,
-        limiter,
-        rate,
+        tenant, limiter, ..
     } = admitted;
-    let respond = |r: Response| with_rate_headers(r, &tenant, rate);
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return respond(message(StatusCode::BAD_REQUEST, "malformed JSON body"));
-    };
+    let body = serde_json::from_slice::<Value>(body)
+        .map_err(|_| ApiError::BadRequest(StatusCode::BAD_REQUEST, "malformed JSON body".into()))?;
     let messages = match body.get("messages") {
         Some(Value::Array(list)) if !list.is_empty() => list,
-        _ => return respond(unprocessable(json!({"messages": ["can't be blank"]}))),
+        _ => {
+            return Err(ApiError::Unprocessable(
+                json!({"messages": ["can't be blank"]}),
+            ));
+        }
     };
     let mut errors = Vec::with_capacity(messages.len());
     let mut valid = Vec::with_capacity(messages.len());
@@ -243,7 +242,7 @@ async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: B
         let payload = match m.get("payload") {
             Some(Value::Object(p)) => {
                 let text = Value::Object(p.clone()).to_string();
-                if text.len() > max_payload(&tenant) {
+                if text.len() > max_payload(tenant) {
                     field("payload", "Payload size exceeds tenant limit");
                 }
                 Some(text)
@@ -281,13 +280,10 @@ async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: B
         errors.push(Value::Object(e));
     }
     if valid.len() != messages.len() {
-        tracing::info!(error_code = %ErrorCode::UnprocessableEntity, tenant = %tenant.external_id, "HTTP broadcast batch refused");
-        return respond(unprocessable(json!({ "messages": errors })));
+        return Err(ApiError::Unprocessable(json!({ "messages": errors })));
     }
     let now = std::time::Instant::now();
-    if let Err(err) = limiter.check_http_broadcast_batch(&tenant.limits, valid.len() as u64, now) {
-        return respond(message(StatusCode::TOO_MANY_REQUESTS, err.client_text()));
-    }
+    limiter.check_http_broadcast_batch(&tenant.limits, valid.len() as u64, now)?;
     let mut deliveries = 0u64;
     for (topic, event, payload, private, id) in valid {
         if private {
@@ -317,7 +313,7 @@ async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: B
         deliveries += 1 + api.broadcaster.publish(&room, &message, None) as u64;
     }
     limiter.add_channel_events(deliveries, now);
-    respond(StatusCode::ACCEPTED.into_response())
+    Ok(StatusCode::ACCEPTED)
 }
 
 #[derive(serde::Deserialize)]
@@ -348,22 +344,34 @@ async fn single(
         Some("application/json") => Some(PayloadEncoding::Json),
         Some("application/octet-stream") => Some(PayloadEncoding::Binary),
         Some(_) => {
-            return (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Json(json!({"error": "Unsupported Media Type. Use application/json or application/octet-stream"})),
-            )
-                .into_response();
+            return refused((
+                ApiError::UnsupportedMediaType(
+                    "Unsupported Media Type. Use application/json or application/octet-stream",
+                ),
+                None,
+            ));
         }
     };
-    let Admitted {
-        tenant,
-        limiter,
-        rate,
-    } = match admit(&api, &headers).await {
+    let admitted = match admit(&api, &headers).await {
         Ok(a) => a,
-        Err(response) => return response,
+        Err(refusal) => return refused(refusal),
     };
-    let respond = |r: Response| with_rate_headers(r, &tenant, rate);
+    let private = query.private.as_deref() == Some("true");
+    let answer = publish_single(&api, &admitted, (topic, event, private), encoding, body);
+    respond(answer, &admitted)
+}
+
+/// Publishes one payload from the path's topic and event; 202 when accepted.
+fn publish_single(
+    api: &BroadcastApi,
+    admitted: &Admitted,
+    (topic, event, private): (String, String, bool),
+    encoding: Option<PayloadEncoding>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let Admitted {
+        tenant, limiter, ..
+    } = admitted;
     let (encoding, payload) = match encoding {
         None => (PayloadEncoding::Json, Bytes::from_static(b"{}")),
         Some(PayloadEncoding::Binary) => (PayloadEncoding::Binary, body),
@@ -376,21 +384,24 @@ async fn single(
                 PayloadEncoding::Json,
                 Bytes::from(json!({ "_json": other }).to_string()),
             ),
-            Err(_) => return respond(message(StatusCode::BAD_REQUEST, "malformed JSON body")),
+            Err(_) => {
+                return Err(ApiError::BadRequest(
+                    StatusCode::BAD_REQUEST,
+                    "malformed JSON body".into(),
+                ));
+            }
         },
     };
-    if payload.len() > max_payload(&tenant) {
-        return respond(unprocessable(
+    if payload.len() > max_payload(tenant) {
+        return Err(ApiError::Unprocessable(
             json!({"payload": ["Payload size exceeds tenant limit"]}),
         ));
     }
     let now = std::time::Instant::now();
-    if let Err(err) = limiter.check_http_broadcast(&tenant.limits, now) {
-        return respond(message(StatusCode::TOO_MANY_REQUESTS, err.client_text()));
-    }
-    let private = query.private.as_deref() == Some("true");
+    limiter.check_http_broadcast(&tenant.limits, now)?;
     if private {
-        return respond(message(StatusCode::FORBIDDEN, "Unauthorized"));
+        // Private writes need the RLS check of the authorization step; until then, denied.
+        return Err(ApiError::Forbidden);
     }
     let room = RoomKey {
         tenant: tenant.external_id.clone(),
@@ -405,5 +416,5 @@ async fn single(
     });
     let delivered = api.broadcaster.publish(&room, &message, None);
     limiter.add_channel_events(1 + delivered as u64, now);
-    respond(StatusCode::ACCEPTED.into_response())
+    Ok(StatusCode::ACCEPTED)
 }

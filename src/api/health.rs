@@ -1,7 +1,7 @@
 //! Node health (`GET /healthcheck`) and the tenant ping (`GET /api/ping`).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -28,12 +28,8 @@ async fn ping(State(state): State<ApiState>, headers: HeaderMap) -> Result<Respo
         .tenants
         .resolve_host(host, state.fallback_tenant.as_ref())
         .await?;
-    Ok(match tenant {
-        Some(_) => Json(json!({"message": "Success"})).into_response(),
-        None => (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"message": "Tenant not found in database"})),
-        )
-            .into_response(),
-    })
+    match tenant {
+        Some(_) => Ok(Json(json!({"message": "Success"})).into_response()),
+        None => Err(ApiError::UnknownTenant),
+    }
 }

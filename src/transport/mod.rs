@@ -14,11 +14,12 @@
 //! | 4000 | no inbound frame for `WS_IDLE_TIMEOUT_MS` (the client stopped heartbeating) |
 //! | 4008 | slow consumer: the outbound queue (`WS_OUTBOX_CAPACITY`) overflowed |
 
+mod error;
 mod handshake;
 mod socket;
+mod sockets;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use axum::Router;
@@ -27,7 +28,11 @@ use axum::routing::get;
 use crate::channel::ChannelContext;
 use crate::config::TransportConfig;
 use crate::limits::Limits;
+use crate::tasks::Owner;
 use crate::types::TenantId;
+
+pub use error::HandshakeError;
+pub use sockets::{OpenSockets, SocketPermit};
 
 /// Normal closure.
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -60,23 +65,28 @@ pub struct Transport {
     pub connect_error_backoff: Duration,
     /// `NO_CHANNEL_TIMEOUT_IN_MS`.
     pub no_channel_timeout: Duration,
-    /// `MAX_CONNECTIONS`.
-    pub max_connections: usize,
     /// `MAX_HEADER_LENGTH`: longest header value, bytes (checked here: the WebSocket routes skip
     /// the API's middleware stack).
     pub max_header_length: usize,
-    /// Live sockets on this node.
-    pub open_sockets: AtomicUsize,
-    /// Flips to true when the node drains; sockets then close with 1001.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Open sockets, capped at `MAX_CONNECTIONS`.
+    pub sockets: Arc<OpenSockets>,
+    /// Owns every socket task: cancelling it closes the sockets with 1001.
+    pub owner: Owner,
 }
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
-            .field("open_sockets", &self.open_sockets)
-            .field("max_connections", &self.max_connections)
+            .field("sockets", &self.sockets)
             .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    /// Closes every socket of this node (close code 1001 after the channels' frames) and waits
+    /// up to `grace` for their tasks to end. Returns false when some were still open.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.owner.shutdown(grace).await
     }
 }
 

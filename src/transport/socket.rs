@@ -67,15 +67,7 @@ pub(super) async fn run_socket(params: SocketParams) {
 
     let slow = signals.slow_marked();
     tokio::pin!(slow);
-    let mut shutdown_rx = transport.shutdown.clone();
-    let shutdown = async move {
-        // Resolves when the node drains, or when its sender is gone.
-        while !*shutdown_rx.borrow_and_update() {
-            if shutdown_rx.changed().await.is_err() {
-                return;
-            }
-        }
-    };
+    let shutdown = transport.owner.cancelled();
     tokio::pin!(shutdown);
     // One timer for every deadline: idle timeout, no-channel timeout, token expiry. It may fire
     // early (a deadline moved later); the check below then only re-arms it.
