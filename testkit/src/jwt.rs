@@ -32,3 +32,31 @@ pub fn api_token() -> String {
 pub fn client_token(secret: &str, exp_in: i64) -> String {
     sign(&json!({"role": "anon", "exp": now() + exp_in}), secret)
 }
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{DecodingKey, Validation, decode};
+
+    use super::*;
+
+    #[test]
+    fn client_tokens_verify_with_their_secret_only() {
+        let token = client_token("a-secret", 60);
+        let claims = decode::<Value>(
+            &token,
+            &DecodingKey::from_secret(b"a-secret"),
+            &Validation::new(Algorithm::HS256),
+        )
+        .unwrap()
+        .claims;
+        assert_eq!(claims["role"], "anon");
+        let exp = claims["exp"].as_i64().unwrap();
+        assert!((now() + 50..=now() + 60).contains(&exp));
+        let wrong = decode::<Value>(
+            &token,
+            &DecodingKey::from_secret(b"another"),
+            &Validation::new(Algorithm::HS256),
+        );
+        assert!(wrong.is_err());
+    }
+}

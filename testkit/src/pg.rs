@@ -275,3 +275,43 @@ impl Drop for Pg {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mode_700_ancestor_is_not_enterable_by_others() {
+        let private = std::env::temp_dir().join(format!("testkit-700-{}", std::process::id()));
+        let inner = private.join("checkout");
+        std::fs::create_dir_all(&inner).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!others_can_enter(&inner));
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let open = others_can_enter(&inner);
+        std::fs::remove_dir_all(&private).unwrap();
+        assert_eq!(open, others_can_enter(&std::env::temp_dir()));
+        assert!(others_can_enter(Path::new("/tmp")));
+    }
+
+    #[tokio::test]
+    async fn an_owned_cluster_serves_fresh_databases_and_is_removed_on_drop() {
+        let pg = Pg::start();
+        let root = pg.root().to_path_buf();
+        let (a, b) = (pg.create_database().await, pg.create_database().await);
+        assert_ne!(a, b);
+        let row = pg
+            .connect(&b)
+            .await
+            .query_one(
+                "SELECT current_database(), current_setting('wal_level')",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), b);
+        assert_eq!(row.get::<_, String>(1), "logical");
+        drop(pg);
+        assert!(!root.exists(), "{} is left behind", root.display());
+    }
+}
