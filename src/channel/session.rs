@@ -161,6 +161,14 @@ struct PendingJoin {
     preparation: Preparation,
 }
 
+/// True when `msg` must not overtake a join pending on `pending_topic`: another join, a frame
+/// on the pending topic, or a frame on the topic of a frame already waiting (`held`).
+fn waits_behind(pending_topic: &str, held: &VecDeque<Inbound>, msg: &Inbound) -> bool {
+    msg.event == phoenix::EVENT_JOIN
+        || msg.topic == pending_topic
+        || held.iter().any(|waiting| waiting.topic == msg.topic)
+}
+
 /// Every wait of a join, then the admission decision (PROTOCOL.md 3.2 steps before the
 /// subscription). Owns its inputs, so the socket loop can poll it beside everything else.
 async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
@@ -315,15 +323,10 @@ impl Session {
         self.dispatch(msg, out)
     }
 
-    /// True when `msg` must not overtake the pending join: another join, a frame on the
-    /// pending topic, or a frame on the topic of a frame already waiting.
     fn must_wait(&self, msg: &Inbound) -> bool {
-        let Some(pending) = &self.pending_join else {
-            return false;
-        };
-        msg.event == phoenix::EVENT_JOIN
-            || msg.topic == pending.topic
-            || self.held.iter().any(|held| held.topic == msg.topic)
+        self.pending_join
+            .as_ref()
+            .is_some_and(|pending| waits_behind(&pending.topic, &self.held, msg))
     }
 
     /// Returns false while [`MAX_HELD_FRAMES`] frames wait behind a pending join: the socket
@@ -965,5 +968,68 @@ impl Drop for Session {
         }
         // A socket that ends without leaving takes all its presences with it.
         self.ctx.presence.untrack_all(self.conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(topic: &str, event: &str) -> Inbound {
+        Inbound {
+            join_ref: None,
+            reference: None,
+            topic: topic.into(),
+            event: event.into(),
+            payload: InboundPayload::Json(
+                serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            ),
+        }
+    }
+
+    #[test]
+    fn frames_that_depend_on_a_pending_join_wait_and_others_pass() {
+        let mut held = VecDeque::new();
+        let pending = "realtime:b";
+        // Any other join waits, whatever its topic.
+        assert!(waits_behind(
+            pending,
+            &held,
+            &frame("realtime:c", "phx_join")
+        ));
+        assert!(waits_behind(pending, &held, &frame("other:x", "phx_join")));
+        // Frames on the pending topic wait; frames on other channels pass.
+        assert!(waits_behind(
+            pending,
+            &held,
+            &frame("realtime:b", "broadcast")
+        ));
+        assert!(waits_behind(
+            pending,
+            &held,
+            &frame("realtime:b", "phx_leave")
+        ));
+        assert!(!waits_behind(
+            pending,
+            &held,
+            &frame("realtime:a", "broadcast")
+        ));
+        assert!(!waits_behind(
+            pending,
+            &held,
+            &frame("realtime:a", "phx_leave")
+        ));
+        // Once a join of `realtime:c` waits, frames on `realtime:c` wait behind it.
+        held.push_back(frame("realtime:c", "phx_join"));
+        assert!(waits_behind(
+            pending,
+            &held,
+            &frame("realtime:c", "broadcast")
+        ));
+        assert!(!waits_behind(
+            pending,
+            &held,
+            &frame("realtime:a", "access_token")
+        ));
     }
 }
