@@ -1,8 +1,8 @@
 //! realtime: a Supabase Realtime-compatible server, rebuilt in Rust as a clustered node.
 //!
 //! # Module map (layers, lowest first; imports point down only)
-//! - L0 base: [`types`] (ids), [`error`] (operational `ErrorCode`), [`config`] (typed `Config`
-//!   from the environment), [`telemetry`] (logging).
+//! - L0 base: [`types`] (ids), [`error`] (operational `ErrorCode`), [`close_code`] (WebSocket
+//!   close codes), [`config`] (typed `Config` from the environment), [`telemetry`] (logging).
 //! - L1 pure logic: [`limits`] (per-tenant rate counters, token buckets, client presence window;
 //!   the clock is an argument), [`presence::crdt`] (the presence CRDT).
 //! - L2 outside world: `db` (metadata Postgres pool and `_realtime` migrations), `tenants`
@@ -19,6 +19,7 @@ pub mod app;
 pub mod auth;
 pub mod broadcast;
 pub mod channel;
+pub mod close_code;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -183,21 +183,11 @@ pub fn postgres_changes_id(entry: &RawValue) -> u64 {
 /// Builds the join reply's `{"postgres_changes":[...]}`: each requested entry as sent, plus
 /// its integer `id`, in request order.
 pub fn join_reply_response(entries: &[Box<RawValue>]) -> String {
-    let mut out = String::from("{\"postgres_changes\":[");
-    for (i, entry) in entries.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let text = entry.get().trim();
-        let body = text[1..].trim_start();
-        out.push_str(&format!("{{\"id\":{}", postgres_changes_id(entry)));
-        if !body.starts_with('}') {
-            out.push(',');
-        }
-        out.push_str(body);
-    }
-    out.push_str("]}");
-    out
+    crate::phoenix::join_ok_response(
+        entries
+            .iter()
+            .map(|entry| (postgres_changes_id(entry), &**entry)),
+    )
 }
 
 #[cfg(test)]

@@ -5,11 +5,18 @@
 //! private-channel check), `phx_leave`, `broadcast` pushes with `self`/`ack` and payload limits,
 //! `access_token` refreshes, token expiry while joined, and shutdowns (`system` error then
 //! `phx_close`). It is driven by the socket task in `transport` and never touches the socket:
-//! frames to write go into a caller-supplied buffer, delayed replies into the connection's
-//! outbox. Publishing goes through `broadcast::Broadcaster` only.
+//! frames to write go into a caller-supplied buffer. A join's waits run in a preparation the
+//! socket task polls ([`Session::prepared_join`]); its admission is decided by pure code
+//! (`admission`); refusals ([`JoinError`]) and shutdowns ([`ShutdownReason`]) are typed, and
+//! delayed refusals wait in a bounded per-socket queue served by the socket's timer. Publishing
+//! goes through `broadcast::Broadcaster` only.
 
+mod admission;
+mod delayed;
+mod error;
 mod join;
 mod session;
 
+pub use error::{JoinError, ShutdownReason};
 pub use join::{JoinConfig, ReplayConfig, join_reply_response, postgres_changes_id};
-pub use session::{AdmittedSocket, ChannelContext, Session, SessionControl};
+pub use session::{AdmittedSocket, ChannelContext, PreparedJoin, Session, SessionControl};

@@ -1,30 +1,52 @@
 //! One socket's channels: the join pipeline, pushes, refreshes, expiry and shutdowns.
+//!
+//! A join runs in two halves (PROTOCOL.md 3.2). Its *preparation* is a future that owns its
+//! inputs and does every wait (today the tenant reload; the tenant database, RLS checks and
+//! Postgres Changes subscriptions attach here), deciding admission with the pure
+//! [`admission`](super::admission) checks. Its *completion* runs on the socket loop: it
+//! applies the decision, subscribes in the hub and writes the replies. A preparation that does
+//! not finish at once (a tenant cache miss) is polled by the socket task beside client frames,
+//! the outbox and timers: heartbeats and fan-out keep flowing. One join is prepared at a time;
+//! client frames that depend on it (another join, anything on its topic or behind a held
+//! frame of the same topic) wait in order behind it. Dropping the session drops it: nothing
+//! is spawned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
+use super::admission::{self, Admitted, Now, SocketFacts};
+use super::delayed::DelayedReplies;
+use super::error::{JoinError, ShutdownReason};
 use super::join::{JoinConfig, join_reply_response};
 use crate::auth::{Claims, TenantKeys, TokenError, verify_client_token};
 use crate::broadcast::{Broadcaster, Origin};
+use crate::close_code::CloseCode;
 use crate::error::{ErrorCode, OperationalError};
-use crate::hub::{ChannelSlot, FanoutMessage, Frame, Hub, Outbound, Outbox, RoomKey, Subscriber};
+use crate::hub::{ChannelSlot, FanoutMessage, Frame, Hub, Outbox, RoomKey, Subscriber};
 use crate::limits::{ConnectedUser, FixedWindow, LimitExceeded, Limits, TenantLimiter};
 use crate::phoenix::{self, Inbound, InboundPayload, Vsn};
 use crate::presence::Presence;
 use crate::tenants::{Tenant, Tenants};
-use crate::types::ConnId;
+use crate::types::{ConnId, TenantId};
 
-/// WebSocket close code sent after `TenantNotFound` or `ClientJoinRateLimitReached` at join.
-const CLOSE_GOING_AWAY: u16 = 1001;
 /// Least time between two checks of the tenant's events limit by one socket.
 const EVENTS_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-/// WebSocket close code of a tenant-wide disconnect.
-const CLOSE_SERVICE_RESTART: u16 = 1012;
+/// Most client frames kept waiting behind a pending join; while this many wait, the socket
+/// reads no further frames (TCP back-pressure) until the join completes.
+const MAX_HELD_FRAMES: usize = 64;
+/// Most join refusals waiting out `CHANNEL_ERROR_BACKOFF_MS` on one socket. Above the default
+/// `max_channels_per_client` (100), so a client whose every channel is refused at once gets
+/// every reply; past it, refused joins get no reply (the client's join times out and it
+/// retries with its backoff).
+pub(super) const MAX_DELAYED_REPLIES: usize = 256;
 
 /// Services every session shares.
 pub struct ChannelContext {
@@ -52,7 +74,7 @@ pub enum SessionControl {
     /// Close the socket with this code and reason.
     Close {
         /// WebSocket close code.
-        code: u16,
+        code: CloseCode,
         /// Reason text.
         reason: &'static str,
     },
@@ -93,31 +115,6 @@ struct Joined {
     presence_window: FixedWindow,
 }
 
-/// A refused join: code, client message, and whether the socket closes after the reply.
-struct Refusal {
-    code: ErrorCode,
-    message: String,
-    close: bool,
-}
-
-impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code,
-            message: message.into(),
-            close: false,
-        }
-    }
-
-    fn from_error(err: &impl OperationalError) -> Refusal {
-        Refusal::new(err.code(), err.client_message())
-    }
-
-    fn reason(&self) -> String {
-        format!("{}: {}", self.code, self.message)
-    }
-}
-
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -128,8 +125,93 @@ fn expiry_instant(exp: i64, now: i64) -> Instant {
     Instant::now() + Duration::from_secs(exp.saturating_sub(now).max(0) as u64)
 }
 
-fn json_string(s: &str) -> String {
-    Value::String(s.to_string()).to_string()
+/// A `phx_join` as received: where to reply, and what it asked for.
+struct JoinRequest {
+    topic: String,
+    sub_topic: String,
+    join_ref: Option<String>,
+    reference: Option<String>,
+    config: JoinConfig,
+}
+
+/// What a join's preparation owns: shared services and a snapshot of the socket's facts.
+struct PrepareInput {
+    ctx: Arc<ChannelContext>,
+    tenant_id: TenantId,
+    limiter: TenantLimiter,
+    conn_token: Arc<str>,
+    conn_claims: Arc<Claims>,
+    joined_channels: usize,
+    user_counted: bool,
+}
+
+/// A join whose preparation is done: the request, the reloaded tenant record (when found) and
+/// the admission decision. Applied by [`Session::complete_join`].
+pub struct PreparedJoin {
+    request: JoinRequest,
+    tenant: Option<Arc<Tenant>>,
+    decision: Result<Admitted, JoinError>,
+}
+
+type Preparation = Pin<Box<dyn Future<Output = PreparedJoin> + Send>>;
+
+/// The join being prepared, and its topic (frames on it wait).
+struct PendingJoin {
+    topic: String,
+    preparation: Preparation,
+}
+
+/// True when `msg` must not overtake a join pending on `pending_topic`: another join, a frame
+/// on the pending topic, or a frame on the topic of a frame already waiting (`held`).
+fn waits_behind(pending_topic: &str, held: &VecDeque<Inbound>, msg: &Inbound) -> bool {
+    msg.event == phoenix::EVENT_JOIN
+        || msg.topic == pending_topic
+        || held.iter().any(|waiting| waiting.topic == msg.topic)
+}
+
+/// Every wait of a join, then the admission decision (PROTOCOL.md 3.2 steps before the
+/// subscription). Owns its inputs, so the socket loop can poll it beside everything else.
+async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
+    let refused = |request, err| PreparedJoin {
+        request,
+        tenant: None,
+        decision: Err(err),
+    };
+    let draining = input.ctx.draining.load(Ordering::Relaxed);
+    if let Err(err) = admission::check_before_lookup(&request.sub_topic, draining) {
+        return refused(request, err);
+    }
+    let tenant = match input.ctx.tenants.get(&input.tenant_id).await {
+        Ok(Some(tenant)) => tenant,
+        Ok(None) => return refused(request, JoinError::TenantNotFound),
+        Err(err) => {
+            tracing::error!(error_code = %err.code(), error = %err, tenant = %input.tenant_id,
+                "tenant lookup failed at join");
+            return refused(request, JoinError::TenantUnavailable);
+        }
+    };
+    let decision = admission::decide(
+        &tenant,
+        &request.sub_topic,
+        &request.config,
+        SocketFacts {
+            conn_token: &input.conn_token,
+            conn_claims: &input.conn_claims,
+            joined_channels: input.joined_channels,
+            user_counted: input.user_counted,
+        },
+        &input.limiter,
+        &input.ctx.claim_validators,
+        Now {
+            unix: unix_now(),
+            instant: std::time::Instant::now(),
+        },
+    );
+    PreparedJoin {
+        request,
+        tenant: Some(tenant),
+        decision,
+    }
 }
 
 /// The channels of one socket.
@@ -142,8 +224,8 @@ pub struct Session {
     conn: ConnId,
     vsn: Vsn,
     outbox: Outbox,
-    conn_token: String,
-    conn_claims: Claims,
+    conn_token: Arc<str>,
+    conn_claims: Arc<Claims>,
     channels: HashMap<String, Joined>,
     topics_by_slot: HashMap<ChannelSlot, String>,
     next_slot: ChannelSlot,
@@ -151,6 +233,12 @@ pub struct Session {
     fanout_pending: bool,
     /// When the events limit was last checked.
     events_checked_at: Option<std::time::Instant>,
+    /// The join being prepared, if it could not finish at once.
+    pending_join: Option<PendingJoin>,
+    /// Client frames waiting behind `pending_join`, in arrival order (empty when none is).
+    held: VecDeque<Inbound>,
+    /// Join refusals waiting out `CHANNEL_ERROR_BACKOFF_MS`.
+    delayed: DelayedReplies,
 }
 
 impl Session {
@@ -164,13 +252,16 @@ impl Session {
             conn: socket.conn,
             vsn: socket.vsn,
             outbox: socket.outbox,
-            conn_token: socket.token,
-            conn_claims: socket.claims,
+            conn_token: socket.token.into(),
+            conn_claims: Arc::new(socket.claims),
             channels: HashMap::new(),
             topics_by_slot: HashMap::new(),
             next_slot: 1,
             fanout_pending: false,
             events_checked_at: None,
+            pending_join: None,
+            held: VecDeque::new(),
+            delayed: DelayedReplies::new(MAX_DELAYED_REPLIES),
         }
     }
 
@@ -208,40 +299,95 @@ impl Session {
     }
 
     /// Handles one decoded client frame, appending the frames to write now to `out`.
-    pub async fn handle(&mut self, msg: Inbound, out: &mut Vec<Frame>) -> SessionControl {
+    ///
+    /// Heartbeats are answered at once. While a join is being prepared, frames that depend on
+    /// it wait (see [`Session::complete_join`]).
+    pub fn handle(&mut self, msg: Inbound, out: &mut Vec<Frame>) -> SessionControl {
         if msg.topic == phoenix::TOPIC_PHOENIX {
             if msg.event == phoenix::EVENT_HEARTBEAT {
-                self.reply(out, None, msg.reference.as_deref(), &msg.topic, "ok", "{}");
-            }
-            return SessionControl::Continue;
-        }
-        match msg.event.as_str() {
-            // Boxed: the join future (tenant lookup) is large and rare; keeping it out of the
-            // socket task's own state keeps idle sockets small.
-            phoenix::EVENT_JOIN => Box::pin(self.join(msg, out)).await,
-            phoenix::EVENT_LEAVE => {
-                self.leave(msg, out);
-                SessionControl::Continue
-            }
-            _ if self.channels.contains_key(&msg.topic) => {
-                self.channel_push(msg, out);
-                SessionControl::Continue
-            }
-            _ => {
                 self.reply(
                     out,
                     None,
                     msg.reference.as_deref(),
                     &msg.topic,
-                    "error",
-                    r#"{"reason":"unmatched topic"}"#,
+                    phoenix::STATUS_OK,
+                    phoenix::EMPTY_OBJECT,
                 );
-                SessionControl::Continue
             }
+            return SessionControl::Continue;
+        }
+        if self.must_wait(&msg) {
+            self.held.push_back(msg);
+            return SessionControl::Continue;
+        }
+        self.dispatch(msg, out)
+    }
+
+    fn must_wait(&self, msg: &Inbound) -> bool {
+        self.pending_join
+            .as_ref()
+            .is_some_and(|pending| waits_behind(&pending.topic, &self.held, msg))
+    }
+
+    /// Returns false while [`MAX_HELD_FRAMES`] frames wait behind a pending join: the socket
+    /// should read no more frames until [`Session::complete_join`].
+    pub fn reads_frames(&self) -> bool {
+        self.held.len() < MAX_HELD_FRAMES
+    }
+
+    /// Returns true while a join is being prepared.
+    pub fn has_pending_join(&self) -> bool {
+        self.pending_join.is_some()
+    }
+
+    /// Waits for the pending join's preparation (forever when there is none). Cancel-safe:
+    /// the preparation stays in the session until it finishes.
+    pub async fn prepared_join(&mut self) -> PreparedJoin {
+        match self.pending_join.as_mut() {
+            Some(pending) => pending.preparation.as_mut().await,
+            None => std::future::pending().await,
         }
     }
 
-    async fn join(&mut self, msg: Inbound, out: &mut Vec<Frame>) -> SessionControl {
+    /// Completes a prepared join, then handles the frames that waited behind it, in order,
+    /// until one of them starts another join that must wait.
+    pub fn complete_join(
+        &mut self,
+        prepared: PreparedJoin,
+        out: &mut Vec<Frame>,
+    ) -> SessionControl {
+        self.pending_join = None;
+        self.apply_join(prepared, out);
+        let mut control = SessionControl::Continue;
+        while control == SessionControl::Continue && self.pending_join.is_none() {
+            let Some(msg) = self.held.pop_front() else {
+                break;
+            };
+            control = self.dispatch(msg, out);
+        }
+        control
+    }
+
+    fn dispatch(&mut self, msg: Inbound, out: &mut Vec<Frame>) -> SessionControl {
+        match msg.event.as_str() {
+            phoenix::EVENT_JOIN => self.start_join(msg, out),
+            phoenix::EVENT_LEAVE => self.leave(msg, out),
+            _ if self.channels.contains_key(&msg.topic) => self.channel_push(msg, out),
+            _ => self.reply(
+                out,
+                None,
+                msg.reference.as_deref(),
+                &msg.topic,
+                phoenix::STATUS_ERROR,
+                phoenix::UNMATCHED_TOPIC_RESPONSE,
+            ),
+        }
+        SessionControl::Continue
+    }
+
+    /// Starts a join: counts it, replaces a joined channel of the same topic, and prepares it;
+    /// completes it in this turn when the preparation need not wait.
+    fn start_join(&mut self, msg: Inbound, out: &mut Vec<Frame>) {
         let Some(sub_topic) = msg
             .topic
             .strip_prefix(phoenix::TOPIC_PREFIX)
@@ -252,14 +398,17 @@ impl Session {
                 None,
                 msg.reference.as_deref(),
                 &msg.topic,
-                "error",
-                r#"{"reason":"unmatched topic"}"#,
+                phoenix::STATUS_ERROR,
+                phoenix::UNMATCHED_TOPIC_RESPONSE,
             );
-            return SessionControl::Continue;
+            return;
         };
+        // Every channel join counts toward the joins rate when it arrives, refused or not (a
+        // loop of bare `realtime:` joins included).
+        self.limiter.count_join(std::time::Instant::now());
         let payload = match &msg.payload {
             InboundPayload::Json(raw) => raw.get(),
-            InboundPayload::UserBroadcast(_) => "{}",
+            InboundPayload::UserBroadcast(_) => phoenix::EMPTY_OBJECT,
         };
         let config = JoinConfig::parse(payload);
         if !config.invalid.is_empty() {
@@ -275,205 +424,145 @@ impl Session {
                 old.join_ref.as_deref(),
                 &msg.topic,
                 phoenix::EVENT_CLOSE,
-                "{}",
+                phoenix::EMPTY_OBJECT,
             );
         }
-        match self.admit_join(&sub_topic, &config).await {
-            Ok((token, claims)) => {
-                let slot = self.next_slot;
-                self.next_slot = self.next_slot.wrapping_add(1).max(1);
-                let room = RoomKey {
-                    tenant: self.tenant.external_id.clone(),
-                    private: config.private,
-                    sub_topic: sub_topic.into(),
-                };
-                self.ctx.hub.subscribe(
-                    room.clone(),
-                    Subscriber {
-                        conn: self.conn,
-                        slot,
-                        vsn: self.vsn,
-                        outbox: self.outbox.clone(),
-                    },
-                );
-                let expires_at = expiry_instant(claims.exp, unix_now());
-                self.topics_by_slot.insert(slot, msg.topic.clone());
-                let response = join_reply_response(&config.postgres_changes);
-                self.reply(
-                    out,
-                    msg.join_ref.as_deref(),
-                    msg.reference.as_deref(),
-                    &msg.topic,
-                    "ok",
-                    &response,
-                );
-                tracing::debug!(tenant = %self.tenant.external_id, topic = %msg.topic, conn = %self.conn, "channel joined");
-                let presence_key = config
-                    .presence_key
-                    .clone()
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                let presence_enabled = config.presence_enabled || self.tenant.presence_enabled;
-                self.channels.insert(
-                    msg.topic.clone(),
-                    Joined {
-                        join_ref: msg.join_ref,
-                        slot,
-                        room,
-                        token,
-                        claims,
-                        expires_at,
-                        broadcast_self: config.broadcast_self,
-                        broadcast_ack: config.broadcast_ack,
-                        delivered_in_batch: false,
-                        presence_key: presence_key.into(),
-                        presence_window: self.ctx.presence.client_window(&self.tenant.limits),
-                    },
-                );
-                if presence_enabled {
-                    self.push_presence_state(&msg.topic, out);
-                }
-                SessionControl::Continue
-            }
-            Err(refusal) => {
-                tracing::info!(error_code = %refusal.code, tenant = %self.tenant.external_id, topic = %msg.topic,
-                    reason = %refusal.message, "join refused");
-                let response = format!("{{\"reason\":{}}}", json_string(&refusal.reason()));
-                let frame = Frame::text(phoenix::encode_reply(
-                    self.vsn,
-                    msg.join_ref.as_deref(),
-                    msg.reference.as_deref(),
-                    &msg.topic,
-                    "error",
-                    &response,
-                ));
-                // The original answers join errors after a deliberate delay; the socket keeps
-                // working meanwhile.
-                let outbox = self.outbox.clone();
-                let delay = self.ctx.join_error_backoff;
-                let close = refusal.close;
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    outbox.push(Outbound::Direct(frame));
-                    if close {
-                        outbox.push(Outbound::Close {
-                            code: CLOSE_GOING_AWAY,
-                            reason: "join refused",
-                        });
-                    }
-                });
-                SessionControl::Continue
+        let input = PrepareInput {
+            ctx: self.ctx.clone(),
+            tenant_id: self.tenant.external_id.clone(),
+            limiter: self.limiter.clone(),
+            conn_token: self.conn_token.clone(),
+            conn_claims: self.conn_claims.clone(),
+            joined_channels: self.channels.len(),
+            user_counted: self.user.is_some(),
+        };
+        let topic = msg.topic.clone();
+        let request = JoinRequest {
+            topic: msg.topic,
+            sub_topic,
+            join_ref: msg.join_ref,
+            reference: msg.reference,
+            config,
+        };
+        // Boxed: large and short-lived; the socket task's own state stays small.
+        let mut preparation: Preparation = Box::pin(prepare(input, request));
+        // A cached tenant needs no wait: finish in this turn, as the reply is ready now.
+        match (&mut preparation).now_or_never() {
+            Some(prepared) => self.apply_join(prepared, out),
+            None => {
+                self.pending_join = Some(PendingJoin { topic, preparation });
             }
         }
     }
 
-    /// The join pipeline of PROTOCOL.md 3.2, first failure wins.
-    async fn admit_join(
-        &mut self,
-        sub_topic: &str,
-        config: &JoinConfig,
-    ) -> Result<(String, Claims), Refusal> {
-        if sub_topic.is_empty() {
-            return Err(Refusal::new(
-                ErrorCode::TopicNameRequired,
-                "You must provide a topic name",
-            ));
+    /// Applies a join's decision: subscribe and reply, or queue the delayed refusal.
+    fn apply_join(&mut self, prepared: PreparedJoin, out: &mut Vec<Frame>) {
+        let PreparedJoin {
+            request,
+            tenant,
+            decision,
+        } = prepared;
+        if let Some(tenant) = tenant {
+            self.tenant = tenant;
         }
-        if self.ctx.draining.load(Ordering::Relaxed) {
-            return Err(Refusal::new(
-                ErrorCode::RealtimeRestarting,
-                "Realtime is restarting, please standby",
-            ));
-        }
-        match self.ctx.tenants.get(&self.tenant.external_id).await {
-            Ok(Some(tenant)) => self.tenant = tenant,
-            Ok(None) => {
-                return Err(Refusal {
-                    code: ErrorCode::TenantNotFound,
-                    message: "Tenant with the given ID does not exist".into(),
-                    close: true,
-                });
+        // The user is counted last, once every check passed (PROTOCOL.md 3.2).
+        let decision = decision.and_then(|admitted| {
+            if self.user.is_none() {
+                let user = self
+                    .limiter
+                    .admit_user(&self.tenant.limits)
+                    .map_err(JoinError::Limit)?;
+                self.user = Some(user);
             }
-            Err(err) => {
-                tracing::error!(error_code = %err.code(), error = %err, tenant = %self.tenant.external_id, "tenant lookup failed at join");
-                return Err(Refusal::new(
-                    ErrorCode::UnknownErrorOnChannel,
-                    "Unable to load the tenant",
-                ));
-            }
+            Ok(admitted)
+        });
+        match decision {
+            Ok(admitted) => self.subscribe(request, admitted, out),
+            Err(err) => self.refuse(&request, &err),
         }
-        let tenant = self.tenant.clone();
-        if tenant.suspend {
-            return Err(Refusal::new(
-                ErrorCode::RealtimeDisabledForTenant,
-                "Realtime disabled for this tenant",
-            ));
-        }
-        if tenant.private_only && !config.private {
-            return Err(Refusal::new(
-                ErrorCode::PrivateOnly,
-                "This project only allows private channels",
-            ));
-        }
-        if self.user.is_none()
-            && let Err(err) = self.limiter.check_concurrent_users(&tenant.limits)
-        {
-            return Err(Refusal::from_error(&err));
-        }
-        if let Err(err) = self
-            .limiter
-            .check_join(&tenant.limits, std::time::Instant::now())
-        {
-            return Err(Refusal {
-                close: true,
-                ..Refusal::from_error(&err)
-            });
-        }
-        if self.channels.len() >= tenant.limits.max_channels_per_client as usize {
-            return Err(Refusal::new(
-                ErrorCode::ChannelRateLimitReached,
-                "Too many channels",
-            ));
-        }
-        let token = match &config.token {
-            Some(t) if !t.starts_with("sb_") => t.clone(),
-            _ => self.conn_token.clone(),
+    }
+
+    fn subscribe(&mut self, request: JoinRequest, admitted: Admitted, out: &mut Vec<Frame>) {
+        let JoinRequest {
+            topic,
+            sub_topic,
+            join_ref,
+            reference,
+            config,
+        } = request;
+        let slot = self.next_slot;
+        self.next_slot = self.next_slot.wrapping_add(1).max(1);
+        let room = RoomKey {
+            tenant: self.tenant.external_id.clone(),
+            private: config.private,
+            sub_topic: sub_topic.into(),
         };
-        let claims = if token == self.conn_token {
-            // Verified at the handshake against the same tenant keys (a key change disconnects
-            // the tenant's sockets); only the expiry can have changed since.
-            let claims = self.conn_claims.clone();
-            let now = unix_now();
-            if claims.exp <= now {
-                let err = TokenError::Expired {
-                    seconds_ago: now - claims.exp,
-                };
-                return Err(Refusal::from_error(&err));
-            }
-            claims
-        } else {
-            self.verify(&token).map_err(|e| Refusal::from_error(&e))?
-        };
-        if config.private {
-            return Err(Refusal::new(
-                ErrorCode::Unauthorized,
-                format!("You do not have permissions to read from this Channel topic: {sub_topic}"),
-            ));
+        self.ctx.hub.subscribe(
+            room.clone(),
+            Subscriber {
+                conn: self.conn,
+                slot,
+                vsn: self.vsn,
+                outbox: self.outbox.clone(),
+            },
+        );
+        let expires_at = expiry_instant(admitted.claims.exp, unix_now());
+        self.topics_by_slot.insert(slot, topic.clone());
+        let response = join_reply_response(&config.postgres_changes);
+        self.reply(
+            out,
+            join_ref.as_deref(),
+            reference.as_deref(),
+            &topic,
+            phoenix::STATUS_OK,
+            &response,
+        );
+        tracing::debug!(tenant = %self.tenant.external_id, topic = %topic, conn = %self.conn, "channel joined");
+        let presence_key = config
+            .presence_key
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let presence_enabled = config.presence_enabled || self.tenant.presence_enabled;
+        self.channels.insert(
+            topic.clone(),
+            Joined {
+                join_ref,
+                slot,
+                room,
+                token: admitted.token,
+                claims: admitted.claims,
+                expires_at,
+                broadcast_self: config.broadcast_self,
+                broadcast_ack: config.broadcast_ack,
+                delivered_in_batch: false,
+                presence_key: presence_key.into(),
+                presence_window: self.ctx.presence.client_window(&self.tenant.limits),
+            },
+        );
+        if presence_enabled {
+            self.push_presence_state(&topic, out);
         }
-        if config.replay.is_some() {
-            return Err(Refusal::new(
-                ErrorCode::UnableToReplayMessages,
-                "Replay is not allowed for public channels",
-            ));
+    }
+
+    /// Queues a join's error reply for `CHANNEL_ERROR_BACKOFF_MS` (PROTOCOL.md 3.4); the socket
+    /// keeps working meanwhile. Past [`MAX_DELAYED_REPLIES`] waiting, the refusal is dropped.
+    fn refuse(&mut self, request: &JoinRequest, err: &JoinError) {
+        tracing::info!(error_code = %err.code(), tenant = %self.tenant.external_id, topic = %request.topic,
+            reason = %err.client_message(), error = %err, "join refused");
+        let frame = Frame::text(phoenix::encode_reply(
+            self.vsn,
+            request.join_ref.as_deref(),
+            request.reference.as_deref(),
+            &request.topic,
+            phoenix::STATUS_ERROR,
+            &phoenix::reason_response(&err.client_reason()),
+        ));
+        let due = Instant::now() + self.ctx.join_error_backoff;
+        if let Err(dropped) = self.delayed.push(due, frame, err.closes_socket())
+            && dropped.is_power_of_two()
+        {
+            tracing::warn!(error_code = %err.code(), tenant = %self.tenant.external_id, dropped,
+                limit = MAX_DELAYED_REPLIES, "too many join refusals waiting on one socket; refusal dropped without a reply");
         }
-        if self.user.is_none() {
-            // Counted once per socket, at its first successful join (PROTOCOL.md 3.2).
-            let user = self
-                .limiter
-                .admit_user(&tenant.limits)
-                .map_err(|err| Refusal::from_error(&err))?;
-            self.user = Some(user);
-        }
-        Ok((token, claims))
     }
 
     fn verify(&self, token: &str) -> Result<Claims, TokenError> {
@@ -494,8 +583,8 @@ impl Session {
                     join_ref,
                     msg.reference.as_deref(),
                     &msg.topic,
-                    "ok",
-                    "{}",
+                    phoenix::STATUS_OK,
+                    phoenix::EMPTY_OBJECT,
                 );
                 self.push(
                     out,
@@ -503,7 +592,7 @@ impl Session {
                     join_ref,
                     &msg.topic,
                     phoenix::EVENT_CLOSE,
-                    "{}",
+                    phoenix::EMPTY_OBJECT,
                 );
             }
             None => self.reply(
@@ -511,8 +600,8 @@ impl Session {
                 msg.join_ref.as_deref(),
                 msg.reference.as_deref(),
                 &msg.topic,
-                "ok",
-                "{}",
+                phoenix::STATUS_OK,
+                phoenix::EMPTY_OBJECT,
             ),
         }
     }
@@ -525,21 +614,27 @@ impl Session {
         self.topics_by_slot.remove(&channel.slot);
     }
 
-    /// Ends a channel from the server side: `system` error with `message`, then `phx_close`.
-    fn shutdown(&mut self, topic: &str, code: ErrorCode, message: &str, out: &mut Vec<Frame>) {
+    /// Ends a channel from the server side: `system` error with the reason's client text, then
+    /// `phx_close` (PROTOCOL.md 3.3, 3.5).
+    fn shutdown(&mut self, topic: &str, reason: &ShutdownReason, out: &mut Vec<Frame>) {
         let Some(channel) = self.channels.remove(topic) else {
             return;
         };
         self.drop_channel(&channel);
-        tracing::info!(error_code = %code, tenant = %self.tenant.external_id, topic, reason = message, "channel shutdown");
-        let payload = format!(
-            r#"{{"extension":"system","status":"error","message":{},"channel":{}}}"#,
-            json_string(message),
-            json_string(&channel.room.sub_topic)
-        );
+        let message = reason.client_message();
+        tracing::info!(error_code = %reason.code(), tenant = %self.tenant.external_id, topic,
+            reason = %message, "channel shutdown");
+        let payload = phoenix::system_error_payload(&message, &channel.room.sub_topic);
         let join_ref = channel.join_ref.as_deref();
         self.push(out, join_ref, None, topic, phoenix::EVENT_SYSTEM, &payload);
-        self.push(out, join_ref, join_ref, topic, phoenix::EVENT_CLOSE, "{}");
+        self.push(
+            out,
+            join_ref,
+            join_ref,
+            topic,
+            phoenix::EVENT_CLOSE,
+            phoenix::EMPTY_OBJECT,
+        );
     }
 
     fn channel_push(&mut self, msg: Inbound, out: &mut Vec<Frame>) {
@@ -596,8 +691,8 @@ impl Session {
                     channel.join_ref.as_deref(),
                     msg.reference.as_deref(),
                     &msg.topic,
-                    "error",
-                    r#""payload_size_exceeded""#,
+                    phoenix::STATUS_ERROR,
+                    phoenix::PAYLOAD_SIZE_EXCEEDED_RESPONSE,
                 );
             }
             return;
@@ -617,8 +712,8 @@ impl Session {
                 channel.join_ref.as_deref(),
                 msg.reference.as_deref(),
                 &msg.topic,
-                "ok",
-                "{}",
+                phoenix::STATUS_OK,
+                phoenix::EMPTY_OBJECT,
             );
         }
     }
@@ -628,7 +723,7 @@ impl Session {
     fn push_presence_state(&mut self, topic: &str, out: &mut Vec<Frame>) {
         let now = std::time::Instant::now();
         if let Err(err) = self.limiter.check_presence_event(&self.tenant.limits, now) {
-            self.shutdown(topic, err.code(), err.client_text(), out);
+            self.shutdown(topic, &ShutdownReason::Limit(err), out);
             return;
         }
         let channel = &self.channels[topic];
@@ -647,7 +742,7 @@ impl Session {
     fn presence_push(&mut self, msg: Inbound, out: &mut Vec<Frame>, now: std::time::Instant) {
         let raw = match &msg.payload {
             InboundPayload::Json(raw) => raw.get(),
-            InboundPayload::UserBroadcast(_) => "{}",
+            InboundPayload::UserBroadcast(_) => phoenix::EMPTY_OBJECT,
         };
         let payload: Map<String, Value> = serde_json::from_str(raw).unwrap_or_default();
         let topic = msg.topic.as_str();
@@ -657,11 +752,18 @@ impl Session {
         };
         let join_ref = channel.join_ref.clone();
         let Some(event) = payload.get("event") else {
-            self.reply(out, join_ref.as_deref(), reference, topic, "ok", "{}");
+            self.reply(
+                out,
+                join_ref.as_deref(),
+                reference,
+                topic,
+                phoenix::STATUS_OK,
+                phoenix::EMPTY_OBJECT,
+            );
             return;
         };
         if let Err(err) = Limits::check_client_presence(&mut channel.presence_window, now) {
-            self.shutdown(topic, err.code(), err.client_text(), out);
+            self.shutdown(topic, &ShutdownReason::Limit(err), out);
             return;
         }
         let (room, key, slot) = (
@@ -677,46 +779,58 @@ impl Session {
                     Some(_) => {
                         tracing::info!(error_code = %ErrorCode::InvalidPresencePayload, tenant = %self.tenant.external_id,
                             topic, "presence track payload is not a map");
-                        let response = format!(
-                            "{{\"reason\":{}}}",
-                            json_string("Presence track payload must be a map")
-                        );
                         self.reply(
                             out,
                             join_ref.as_deref(),
                             reference,
                             topic,
-                            "error",
-                            &response,
+                            phoenix::STATUS_ERROR,
+                            &phoenix::reason_response("Presence track payload must be a map"),
                         );
                         return;
                     }
                 };
                 let max = self.tenant.limits.max_payload_size_in_kb as usize * 1000;
                 if raw.len() > max {
-                    self.shutdown(
-                        topic,
-                        ErrorCode::PayloadSizeExceeded,
-                        "Track message size exceeded",
-                        out,
-                    );
+                    self.shutdown(topic, &ShutdownReason::TrackTooLarge, out);
                     return;
                 }
                 if let Err(err) = self.limiter.check_presence_event(&self.tenant.limits, now) {
-                    self.shutdown(topic, err.code(), err.client_text(), out);
+                    self.shutdown(topic, &ShutdownReason::Limit(err), out);
                     return;
                 }
                 self.ctx.presence.track(&room, &key, &meta, self.conn, slot);
-                self.reply(out, join_ref.as_deref(), reference, topic, "ok", "{}");
+                self.reply(
+                    out,
+                    join_ref.as_deref(),
+                    reference,
+                    topic,
+                    phoenix::STATUS_OK,
+                    phoenix::EMPTY_OBJECT,
+                );
             }
             Some("untrack") => {
                 self.ctx.presence.untrack(self.conn, slot);
-                self.reply(out, join_ref.as_deref(), reference, topic, "ok", "{}");
+                self.reply(
+                    out,
+                    join_ref.as_deref(),
+                    reference,
+                    topic,
+                    phoenix::STATUS_OK,
+                    phoenix::EMPTY_OBJECT,
+                );
             }
             _ => {
                 tracing::info!(error_code = %ErrorCode::UnknownPresenceEvent, tenant = %self.tenant.external_id,
                     topic, event = %event, "unknown presence event");
-                self.reply(out, join_ref.as_deref(), reference, topic, "error", "{}");
+                self.reply(
+                    out,
+                    join_ref.as_deref(),
+                    reference,
+                    topic,
+                    phoenix::STATUS_ERROR,
+                    phoenix::EMPTY_OBJECT,
+                );
             }
         }
     }
@@ -735,10 +849,7 @@ impl Session {
                     channel.expires_at = expires_at;
                 }
             }
-            Err(err) => {
-                let code = err.code();
-                self.shutdown(topic, code, &err.client_message(), out);
-            }
+            Err(err) => self.shutdown(topic, &ShutdownReason::Token(err), out),
         }
     }
 
@@ -780,20 +891,39 @@ impl Session {
             .filter_map(|(t, c)| std::mem::take(&mut c.delivered_in_batch).then(|| t.clone()))
             .collect();
         if let Err(err @ LimitExceeded::ChannelEvents { .. }) = tripped {
+            let reason = ShutdownReason::Limit(err);
             for topic in delivered {
-                self.shutdown(&topic, err.code(), err.client_text(), out);
+                self.shutdown(&topic, &reason, out);
             }
         }
     }
 
-    /// Returns when the next joined channel's token expires.
-    pub fn next_expiry(&self) -> Option<Instant> {
-        self.channels.values().map(|c| c.expires_at).min()
+    /// Returns the next moment the session has work on the socket's timer: a channel token
+    /// expiring, or a delayed join refusal falling due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let expiry = self.channels.values().map(|c| c.expires_at).min();
+        match (expiry, self.delayed.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Does the session's timed work: writes the join refusals that are due (closing the
+    /// socket after one that requires it) and shuts down channels whose token expired.
+    pub fn on_timer(&mut self, out: &mut Vec<Frame>) -> SessionControl {
+        let now = Instant::now();
+        if let Some(code) = self.delayed.write_due(now, out) {
+            return SessionControl::Close {
+                code,
+                reason: "join refused",
+            };
+        }
+        self.expire_tokens(now, out);
+        SessionControl::Continue
     }
 
     /// Shuts down the channels whose token has expired.
-    pub fn expire_tokens(&mut self, out: &mut Vec<Frame>) {
-        let now = Instant::now();
+    fn expire_tokens(&mut self, now: Instant, out: &mut Vec<Frame>) {
         let unix = unix_now();
         let expired: Vec<(String, i64)> = self
             .channels
@@ -802,24 +932,28 @@ impl Session {
             .map(|(t, c)| (t.clone(), c.claims.exp))
             .collect();
         for (topic, exp) in expired {
-            let message = TokenError::Expired {
+            let reason = ShutdownReason::Token(TokenError::Expired {
                 seconds_ago: (unix - exp).max(0),
-            }
-            .client_message();
-            self.shutdown(&topic, ErrorCode::InvalidJWTToken, &message, out);
+            });
+            self.shutdown(&topic, &reason, out);
         }
     }
 
     /// Tells every channel the server requested a disconnect; the socket then closes (1012).
     pub fn tenant_disconnect(&mut self, out: &mut Vec<Frame>) -> SessionControl {
-        let payload =
-            r#"{"extension":"system","status":"ok","message":"Server requested disconnect"}"#;
         let topics: Vec<String> = self.channels.keys().cloned().collect();
         for topic in topics {
-            self.push(out, None, None, &topic, phoenix::EVENT_SYSTEM, payload);
+            self.push(
+                out,
+                None,
+                None,
+                &topic,
+                phoenix::EVENT_SYSTEM,
+                phoenix::SERVER_DISCONNECT_PAYLOAD,
+            );
         }
         SessionControl::Close {
-            code: CLOSE_SERVICE_RESTART,
+            code: CloseCode::ServiceRestart,
             reason: "server requested disconnect",
         }
     }
@@ -834,5 +968,68 @@ impl Drop for Session {
         }
         // A socket that ends without leaving takes all its presences with it.
         self.ctx.presence.untrack_all(self.conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(topic: &str, event: &str) -> Inbound {
+        Inbound {
+            join_ref: None,
+            reference: None,
+            topic: topic.into(),
+            event: event.into(),
+            payload: InboundPayload::Json(
+                serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            ),
+        }
+    }
+
+    #[test]
+    fn frames_that_depend_on_a_pending_join_wait_and_others_pass() {
+        let mut held = VecDeque::new();
+        let pending = "realtime:b";
+        // Any other join waits, whatever its topic.
+        assert!(waits_behind(
+            pending,
+            &held,
+            &frame("realtime:c", "phx_join")
+        ));
+        assert!(waits_behind(pending, &held, &frame("other:x", "phx_join")));
+        // Frames on the pending topic wait; frames on other channels pass.
+        assert!(waits_behind(
+            pending,
+            &held,
+            &frame("realtime:b", "broadcast")
+        ));
+        assert!(waits_behind(
+            pending,
+            &held,
+            &frame("realtime:b", "phx_leave")
+        ));
+        assert!(!waits_behind(
+            pending,
+            &held,
+            &frame("realtime:a", "broadcast")
+        ));
+        assert!(!waits_behind(
+            pending,
+            &held,
+            &frame("realtime:a", "phx_leave")
+        ));
+        // Once a join of `realtime:c` waits, frames on `realtime:c` wait behind it.
+        held.push_back(frame("realtime:c", "phx_join"));
+        assert!(waits_behind(
+            pending,
+            &held,
+            &frame("realtime:c", "broadcast")
+        ));
+        assert!(!waits_behind(
+            pending,
+            &held,
+            &frame("realtime:a", "access_token")
+        ));
     }
 }

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
+use crate::close_code::CloseCode;
+
 /// A WebSocket frame ready to write, shared between every subscriber that gets it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -55,7 +57,7 @@ pub enum Outbound {
     /// Close the socket with this WebSocket close code and reason.
     Close {
         /// WebSocket close code.
-        code: u16,
+        code: CloseCode,
         /// Close reason text.
         reason: &'static str,
     },

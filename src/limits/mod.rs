@@ -331,6 +331,30 @@ impl TenantLimiter {
         Ok(())
     }
 
+    /// Counts one join as it arrives, whatever becomes of it (also a join on the bare
+    /// `realtime:` topic), so a client that loops refused joins still moves the tenant's rate.
+    pub fn count_join(&self, now: Instant) {
+        lock(&self.counters.joins).add(1, now);
+    }
+
+    /// Checks the joins counter without counting (the join was counted by
+    /// [`TenantLimiter::count_join`] when it arrived).
+    ///
+    /// # Errors
+    /// [`LimitExceeded::Joins`] while `avg >= max_joins_per_second`.
+    pub fn check_join_rate(
+        &self,
+        limits: &TenantLimits,
+        now: Instant,
+    ) -> Result<(), LimitExceeded> {
+        let limit = limits.max_joins_per_second;
+        let avg = lock(&self.counters.joins).avg(now);
+        if avg >= f64::from(limit) {
+            return Err(LimitExceeded::Joins { limit, avg });
+        }
+        Ok(())
+    }
+
     /// Counts `n` channel events: fan-out deliveries (once per recipient), accepted client
     /// broadcasts and unknown client events.
     pub fn add_channel_events(&self, n: u64, now: Instant) {
@@ -606,6 +630,24 @@ mod tests {
             .tenant(&tenant, limits_at)
             .rates(limits_at + ms(15_000));
         assert_eq!(rates.joins, 21.0 / 20.0);
+    }
+
+    #[test]
+    fn joins_counted_on_arrival_trip_the_rate_check_which_counts_nothing() {
+        let t0 = Instant::now();
+        let limits = Limits::new(LimitsConfig::for_test());
+        let t = tenant_limits(); // 2 joins/s
+        let limiter = limits.tenant(&id("a"), t0);
+        for i in 0..20 {
+            limiter.count_join(t0 + ms(i));
+            assert_eq!(limiter.check_join_rate(&t, t0 + ms(i)), Ok(()));
+        }
+        assert_eq!(
+            limiter.check_join_rate(&t, t0 + ms(5_000)),
+            Err(LimitExceeded::Joins { limit: 2, avg: 2.0 })
+        );
+        // The checks themselves added nothing: 20 joins over the 15 s read at the next tick.
+        assert_eq!(limiter.rates(t0 + ms(10_000)).joins, 20.0 / 15.0);
     }
 
     #[test]

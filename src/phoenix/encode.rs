@@ -12,7 +12,8 @@ pub enum EncodeError {
     FieldTooLong(&'static str),
 }
 
-fn push_json_str(out: &mut String, s: &str) {
+/// Appends `s` as a JSON string literal.
+pub(super) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {

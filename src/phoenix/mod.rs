@@ -4,14 +4,20 @@
 //! Decoding borrows nothing from the socket: an [`Inbound`] owns its strings, and a JSON payload is
 //! kept as raw text ([`RawJson`]) so that forwarded payloads are never re-serialized. Encoding
 //! writes frames for one subscriber format at a time; fan-out code encodes a message once per
-//! format and shares the bytes.
+//! format and shares the bytes. The payloads of control frames (reply responses, `system`
+//! messages) are built here too, so channel code writes no JSON by hand.
 
 mod decode;
 mod encode;
+mod payload;
 
 pub use decode::{DecodeError, decode_binary, decode_text};
 pub use encode::{
     EncodeError, encode_message, encode_reply, encode_user_broadcast, user_broadcast_json,
+};
+pub use payload::{
+    EMPTY_OBJECT, PAYLOAD_SIZE_EXCEEDED_RESPONSE, SERVER_DISCONNECT_PAYLOAD, STATUS_ERROR,
+    STATUS_OK, UNMATCHED_TOPIC_RESPONSE, join_ok_response, reason_response, system_error_payload,
 };
 
 use bytes::Bytes;

@@ -2,17 +2,7 @@
 //! handshake checks of PROTOCOL.md 1.6, and one task per socket (heartbeat/idle timeout,
 //! bounded outbound queue, close codes).
 //!
-//! # Close codes
-//! | code | when |
-//! |---|---|
-//! | 1000 | the socket had no channel for `NO_CHANNEL_TIMEOUT_IN_MS` |
-//! | 1001 | join refused with `TenantNotFound` or `ClientJoinRateLimitReached`; node shutting down |
-//! | 1007 | a text frame that is not valid UTF-8 |
-//! | 1009 | a frame larger than `WS_MAX_FRAME_BYTES` |
-//! | 1011 | a write failed or timed out (`WS_WRITE_TIMEOUT_MS`) |
-//! | 1012 | tenant-wide disconnect (tenant updated, reloaded or deleted) |
-//! | 4000 | no inbound frame for `WS_IDLE_TIMEOUT_MS` (the client stopped heartbeating) |
-//! | 4008 | slow consumer: the outbound queue (`WS_OUTBOX_CAPACITY`) overflowed |
+//! The close codes and when each is sent: [`crate::close_code::CloseCode`].
 
 mod error;
 mod handshake;
@@ -33,23 +23,6 @@ use crate::types::TenantId;
 
 pub use error::HandshakeError;
 pub use sockets::{OpenSockets, SocketPermit};
-
-/// Normal closure.
-pub const CLOSE_NORMAL: u16 = 1000;
-/// Going away (join refusals that end the socket, node shutdown).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// A text frame whose payload is not UTF-8.
-pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
-/// A message too big to process.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Internal error (write failure).
-pub const CLOSE_INTERNAL: u16 = 1011;
-/// Service restart (tenant-wide disconnect).
-pub const CLOSE_SERVICE_RESTART: u16 = 1012;
-/// No inbound frame within the idle timeout.
-pub const CLOSE_IDLE: u16 = 4000;
-/// Slow consumer.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// What the WebSocket edge needs.
 pub struct Transport {

@@ -1,5 +1,6 @@
-//! One task per socket: reads client frames into the session, writes replies and queued
-//! fan-out in batches (feed every frame, flush once), and enforces the timeouts.
+//! One task per socket: reads client frames into the session, polls the session's pending join
+//! beside them, writes replies and queued fan-out in batches (feed every frame, flush once),
+//! and enforces the timeouts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +10,9 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::{
-    CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_INVALID_PAYLOAD, CLOSE_NORMAL,
-    CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, Transport,
-};
+use super::Transport;
 use crate::channel::{Session, SessionControl};
+use crate::close_code::CloseCode;
 use crate::error::ErrorCode;
 use crate::hub::{ConnSignals, Frame, Outbound};
 use crate::limits::TokenBucket;
@@ -43,7 +42,9 @@ fn to_message(frame: Frame) -> Option<Message> {
 ///
 /// The futures that register wake-ups (slow-consumer mark, node shutdown, the timer) are
 /// created once and polled again on every turn, so a turn that only drains fan-out does no
-/// timer or waiter registration.
+/// timer or waiter registration. A join that has to wait (tenant reload) is polled here too, so
+/// heartbeats and fan-out keep flowing meanwhile; while too many client frames wait behind it,
+/// the socket stops reading.
 pub(super) async fn run_socket(params: SocketParams) {
     let SocketParams {
         socket,
@@ -69,13 +70,13 @@ pub(super) async fn run_socket(params: SocketParams) {
     tokio::pin!(slow);
     let shutdown = transport.owner.cancelled();
     tokio::pin!(shutdown);
-    // One timer for every deadline: idle timeout, no-channel timeout, token expiry. It may fire
-    // early (a deadline moved later); the check below then only re-arms it.
+    // One timer for every deadline: idle timeout, no-channel timeout, token expiry, delayed join
+    // refusals. It may fire early (a deadline moved later); the check below then only re-arms it.
     let wanted = |session: &Session, last_inbound: Instant, empty_since: Option<Instant>| {
         [
             Some(last_inbound + config.idle_timeout),
             empty_since.map(|t| t + transport.no_channel_timeout),
-            session.next_expiry(),
+            session.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -86,12 +87,13 @@ pub(super) async fn run_socket(params: SocketParams) {
     let timer = sleep_until(armed);
     tokio::pin!(timer);
 
-    let close: (u16, &'static str) = loop {
+    // `None`: the client closed (its close frame was answered) or the connection is gone.
+    let close: Option<(CloseCode, &'static str)> = loop {
         let mut rearm = false;
         let control = tokio::select! {
             biased;
-            () = &mut slow => SessionControl::Close { code: CLOSE_SLOW_CONSUMER, reason: "slow consumer" },
-            () = &mut shutdown => SessionControl::Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" },
+            () = &mut slow => SessionControl::Close { code: CloseCode::SlowConsumer, reason: "slow consumer" },
+            () = &mut shutdown => SessionControl::Close { code: CloseCode::GoingAway, reason: "server shutting down" },
             item = rx.recv() => {
                 let mut control = SessionControl::Continue;
                 let mut next = item;
@@ -117,24 +119,34 @@ pub(super) async fn run_socket(params: SocketParams) {
                 session.after_fanout_batch(&mut out);
                 control
             }
-            frame = stream.next() => {
+            prepared = session.prepared_join(), if session.has_pending_join() => {
+                rearm = true;
+                session.complete_join(prepared, &mut out)
+            }
+            frame = stream.next(), if session.reads_frames() => {
                 last_inbound = Instant::now();
                 rearm = true;
                 match frame {
-                    None | Some(Ok(Message::Close(_))) => break (CLOSE_NORMAL, ""),
+                    None => break None,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite has queued the echo of the client's close frame (its code,
+                        // RFC 6455 5.5.1); flushing writes it before the socket is dropped.
+                        let _ = tokio::time::timeout(config.write_timeout, sink.flush()).await;
+                        break None;
+                    }
                     Some(Err(err)) => {
                         // tungstenite reports oversized messages as a capacity error.
                         let text = err.to_string();
                         if text.contains("UTF-8") {
                             tracing::info!(error_code = %ErrorCode::MalformedWebSocketMessage, error = %text, "text frame is not UTF-8");
-                            break (CLOSE_INVALID_PAYLOAD, "text frame is not valid UTF-8");
+                            break Some((CloseCode::InvalidPayload, "text frame is not valid UTF-8"));
                         }
                         if text.contains("too long") || text.contains("Space limit") {
                             tracing::info!(error_code = %ErrorCode::MalformedWebSocketMessage, error = %text, "frame too large");
-                            break (CLOSE_TOO_BIG, "frame too large");
+                            break Some((CloseCode::TooBig, "frame too large"));
                         }
                         tracing::debug!(error = %text, "websocket read failed");
-                        break (CLOSE_INTERNAL, "");
+                        break Some((CloseCode::InternalError, ""));
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => SessionControl::Continue,
                     Some(Ok(message)) => {
@@ -152,7 +164,7 @@ pub(super) async fn run_socket(params: SocketParams) {
                                 _ => continue,
                             };
                             match decoded {
-                                Ok(inbound) => session.handle(inbound, &mut out).await,
+                                Ok(inbound) => session.handle(inbound, &mut out),
                                 Err(err) => {
                                     tracing::info!(error_code = %err.code(), error = %err, "dropped a malformed frame");
                                     SessionControl::Continue
@@ -166,12 +178,11 @@ pub(super) async fn run_socket(params: SocketParams) {
                 let now = Instant::now();
                 rearm = true;
                 if now >= last_inbound + config.idle_timeout {
-                    SessionControl::Close { code: CLOSE_IDLE, reason: "idle timeout" }
+                    SessionControl::Close { code: CloseCode::IdleTimeout, reason: "idle timeout" }
                 } else if empty_since.is_some_and(|t| now >= t + transport.no_channel_timeout) {
-                    SessionControl::Close { code: CLOSE_NORMAL, reason: "no channels joined" }
+                    SessionControl::Close { code: CloseCode::Normal, reason: "no channels joined" }
                 } else {
-                    session.expire_tokens(&mut out);
-                    SessionControl::Continue
+                    session.on_timer(&mut out)
                 }
             }
         };
@@ -199,25 +210,26 @@ pub(super) async fn run_socket(params: SocketParams) {
             };
             match tokio::time::timeout(config.write_timeout, write).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => break (CLOSE_INTERNAL, "write failed"),
-                Err(_) => break (CLOSE_INTERNAL, "write timed out"),
+                Ok(Err(_)) => break Some((CloseCode::InternalError, "write failed")),
+                Err(_) => break Some((CloseCode::InternalError, "write timed out")),
             }
         }
         if let SessionControl::Close { code, reason } = control {
-            break (code, reason);
+            break Some((code, reason));
         }
     };
-    let (code, reason) = close;
-    tracing::debug!(code, reason, "closing socket");
-    if !reason.is_empty() || code != CLOSE_NORMAL {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
-    }
+    let Some((code, reason)) = close else {
+        tracing::debug!("socket closed by the client");
+        return;
+    };
+    tracing::debug!(%code, reason, "closing socket");
+    let frame = CloseFrame {
+        code: code.as_u16(),
+        reason: Utf8Bytes::from_static(reason),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
 }
