@@ -159,21 +159,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     tracing::info!(applied = ?applied, "metadata schema is current");
 
     let cipher = Cipher::new(&config.encryption).context("encryption keys")?;
-    let tenants = Tenants::new(
-        db.clone(),
-        cipher,
-        config.limits.clone(),
-        config.channel.tenant_cache_expiration,
-    );
+    let tenants = Tenants::new(db.clone(), cipher, config.limits.clone(), &config.tenants);
     tenants::seed_self_host(&tenants, &config.seed, &config.api, &config.db)
         .await
         .context("seeding the self-host tenant")?;
 
-    let fallback_tenant = config
-        .transport
-        .fallback_tenant
-        .as_deref()
-        .map(crate::types::TenantId::from);
+    let fallback_tenant = config.tenants.fallback_tenant.clone();
     let state = ApiState {
         fallback_tenant: fallback_tenant.clone(),
         tenants: tenants.clone(),
@@ -184,7 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     };
     let hub = Hub::new();
     let broadcaster = Arc::new(Broadcaster::new(hub.clone(), Arc::new(NoPeers)));
-    let limits = Arc::new(Limits::new(LimitsConfig::new(&config.channel)));
+    let limits = Arc::new(Limits::new(LimitsConfig::new(&config.limits)));
     let presence = Arc::new(Presence::new(
         hub.clone(),
         limits.clone(),
@@ -210,8 +201,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         limits: limits.clone(),
         config: config.transport.clone(),
         fallback_tenant: fallback_tenant.clone(),
-        connect_error_backoff: config.channel.connect_error_backoff,
-        no_channel_timeout: config.channel.no_channel_timeout,
+        connect_error_backoff: config.transport.connect_error_backoff,
+        no_channel_timeout: config.transport.no_channel_timeout,
         max_connections: config.http.max_connections as usize,
         max_header_length: config.http.max_header_length,
         open_sockets: AtomicUsize::new(0),
@@ -226,11 +217,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         broadcaster: broadcaster.clone(),
         limits: limits.clone(),
         claim_validators: config.api.jwt_claim_validators.clone(),
-        fallback_tenant: config
-            .transport
-            .fallback_tenant
-            .as_deref()
-            .map(crate::types::TenantId::from),
+        fallback_tenant,
         body_limit: config.http.max_body_bytes,
     });
     // The WebSocket routes stay outside the HTTP middleware: every upgrade would otherwise pay

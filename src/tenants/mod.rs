@@ -14,12 +14,12 @@ mod store;
 mod validation;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::config::{LimitDefaults, Secret};
+use crate::config::{LimitDefaults, Secret, TenantsConfig};
 use crate::db::{Db, DbError, PgError};
 use crate::error::{ErrorCode, OperationalError};
 use crate::types::TenantId;
@@ -178,15 +178,16 @@ enum WriteMode {
 impl Tenants {
     /// Builds the registry over the metadata database.
     ///
-    /// `cache_ttl` is `TENANT_CACHE_EXPIRATION_IN_MS`; `defaults` fill unset limits on writes.
-    pub fn new(db: Db, cipher: Cipher, defaults: LimitDefaults, cache_ttl: Duration) -> Tenants {
+    /// `config` sets the cache lifetimes; `defaults` fill unset limits on writes and null limit
+    /// columns on reads.
+    pub fn new(db: Db, cipher: Cipher, defaults: LimitDefaults, config: &TenantsConfig) -> Tenants {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Tenants {
             inner: Arc::new(Inner {
                 db,
                 cipher,
                 defaults,
-                cache: cache::TenantCache::new(cache_ttl),
+                cache: cache::TenantCache::new(config.cache_expiration),
                 events,
             }),
         }
@@ -209,7 +210,7 @@ impl Tenants {
         let generation = cache.generation();
         let mut client = self.inner.db.client().await?;
         let tx = client.transaction().await?;
-        let stored = store::load(&tx, Some(id.as_str()), false).await?;
+        let stored = store::load(&tx, Some(id.as_str()), false, &self.inner.defaults).await?;
         tx.commit().await?;
         let Some(stored) = stored.into_iter().next() else {
             return Ok(None);
@@ -245,7 +246,7 @@ impl Tenants {
     pub async fn list(&self) -> Result<Vec<Tenant>, TenantsError> {
         let mut client = self.inner.db.client().await?;
         let tx = client.transaction().await?;
-        let stored = store::load(&tx, None, false).await?;
+        let stored = store::load(&tx, None, false, &self.inner.defaults).await?;
         tx.commit().await?;
         stored.into_iter().map(|s| self.decrypt(s)).collect()
     }
@@ -299,7 +300,10 @@ impl Tenants {
             let mut client = self.inner.db.client().await?;
             let tx = client.transaction().await?;
             let existing = match &lookup_id {
-                Some(id) => store::load(&tx, Some(id), true).await?.into_iter().next(),
+                Some(id) => store::load(&tx, Some(id), true, &self.inner.defaults)
+                    .await?
+                    .into_iter()
+                    .next(),
                 None => None,
             };
             if existing.is_some() && mode == WriteMode::CreateOnly {
@@ -351,11 +355,16 @@ impl Tenants {
                 }
                 store::replace_extensions(&tx, write.external_id.as_str(), &encrypted).await?;
             }
-            let stored = store::load(&tx, Some(write.external_id.as_str()), false)
-                .await?
-                .into_iter()
-                .next()
-                .ok_or_else(|| TenantsError::NotFound(write.external_id.clone()))?;
+            let stored = store::load(
+                &tx,
+                Some(write.external_id.as_str()),
+                false,
+                &self.inner.defaults,
+            )
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TenantsError::NotFound(write.external_id.clone()))?;
             tx.commit().await?;
             let tenant = Arc::new(self.decrypt(stored)?);
             let change = if created {
