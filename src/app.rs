@@ -280,19 +280,21 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Closes the sockets of a tenant whose record changed in a way sockets must see (PROTOCOL.md
-/// 1.7: deleted, reloaded, or updated).
+/// Closes the sockets of a tenant whose change requires it (PROTOCOL.md 1.7: deleted,
+/// reloaded, or updated in its keys, `private_only` or `suspend`); hands the new record to the
+/// open sockets of any other update.
 async fn disconnect_on_tenant_changes(tenants: Tenants, hub: Arc<Hub>) {
     let mut events = tenants.subscribe();
     loop {
         match events.recv().await {
+            Ok(event) if event.disconnect => {
+                let n = hub.disconnect_tenant(&event.tenant);
+                tracing::info!(tenant = %event.tenant, change = ?event.change, sockets = n, "tenant changed; disconnecting its sockets");
+            }
             Ok(event) => {
-                if matches!(
-                    event.change,
-                    TenantChange::Updated | TenantChange::Deleted | TenantChange::Reloaded
-                ) {
-                    let n = hub.disconnect_tenant(&event.tenant);
-                    tracing::info!(tenant = %event.tenant, change = ?event.change, sockets = n, "tenant changed; disconnecting its sockets");
+                if let (TenantChange::Updated, Some(record)) = (event.change, &event.record) {
+                    let n = hub.update_tenant(&event.tenant, record);
+                    tracing::debug!(tenant = %event.tenant, sockets = n, "tenant updated; sockets use the new record");
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {

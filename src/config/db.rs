@@ -40,6 +40,10 @@ pub struct DbConfig {
     /// `DB_QUEUE_INTERVAL`: accepted for compatibility (Ecto's queue sampling window),
     /// milliseconds. Default 5000.
     pub queue_interval: Duration,
+    /// `DB_QUERY_TIMEOUT_MS` (ours): longest a metadata statement may run, lock waits
+    /// included, before the server cancels it (Postgres `statement_timeout` on every metadata
+    /// connection; the original's Ecto `timeout`). Default 5000. Migrations are not bounded.
+    pub query_timeout: Duration,
     /// `DB_SSL`: require TLS to the metadata database. Default false. Only `false` is supported.
     pub ssl: bool,
 }
@@ -61,6 +65,11 @@ impl DbConfig {
                 Duration::from_millis(5000),
                 millis,
             )?,
+            query_timeout: env.parse_or(
+                "DB_QUERY_TIMEOUT_MS",
+                Duration::from_millis(5000),
+                positive_millis,
+            )?,
             ssl: env.parse_or("DB_SSL", false, boolean)?,
         };
         if db.ssl {
@@ -70,6 +79,13 @@ impl DbConfig {
             });
         }
         Ok(db)
+    }
+}
+
+fn positive_millis(raw: &str) -> Result<Duration, String> {
+    match millis(raw)? {
+        d if d.is_zero() => Err("must be greater than zero".into()),
+        d => Ok(d),
     }
 }
 

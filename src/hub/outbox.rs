@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
+use crate::tenants::Tenant;
+
 /// A WebSocket frame ready to write, shared between every subscriber that gets it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -52,6 +54,9 @@ pub enum Outbound {
     Direct(Frame),
     /// Tell every channel `Server requested disconnect`, then close with 1012.
     TenantDisconnect,
+    /// The tenant's record changed without needing a disconnect (limits, presence flag):
+    /// use this one from now on.
+    TenantUpdated(Arc<Tenant>),
     /// Close the socket with this WebSocket close code and reason.
     Close {
         /// WebSocket close code.
