@@ -62,7 +62,10 @@ async fn concurrent_misses_make_one_query() {
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while lock_waiters(&observer, &name).await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no lookup reached the database");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no lookup reached the database"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Give the other lookups every chance to send their own query (the pool has 3 connections).
@@ -99,7 +102,10 @@ async fn not_found_answers_are_cached_briefly() {
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while tenants.get(&id).await.unwrap().is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "the negative entry never expired");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the negative entry never expired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(tenants.cache_loads(), 2);

@@ -278,8 +278,13 @@ impl Tenants {
         }
     }
 
-    /// Returns the tenant a `Host` header value names (its first label), else the `fallback`
-    /// tenant (`FALLBACK_TENANT`) when there is one: the tenant routing of every edge.
+    /// Returns the tenant a `Host` header value names (its first label): the tenant routing of
+    /// every edge (PROTOCOL.md 1.3).
+    ///
+    /// When no tenant has that id, a Host that cannot name a tenant (an IP literal or a single
+    /// label such as `localhost`; [`TenantId::host_can_name_tenant`]) gets the `fallback`
+    /// tenant (`FALLBACK_TENANT`) if there is one. A name of two labels or more whose first
+    /// label names no tenant (`typo.example.com`) gets `None`, as in the original.
     ///
     /// # Errors
     /// As [`Tenants::get`].
@@ -292,8 +297,8 @@ impl Tenants {
             return Ok(Some(tenant));
         }
         match fallback {
-            Some(id) => self.get(id).await,
-            None => Ok(None),
+            Some(id) if !TenantId::host_can_name_tenant(host) => self.get(id).await,
+            _ => Ok(None),
         }
     }
 
