@@ -177,21 +177,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     tracing::info!(applied = ?applied, "metadata schema is current");
 
     let cipher = Cipher::new(&config.encryption).context("encryption keys")?;
-    let tenants = Tenants::new(
-        db.clone(),
-        cipher,
-        config.limits.clone(),
-        config.channel.tenant_cache_expiration,
-    );
+    let tenants = Tenants::new(db.clone(), cipher, config.limits.clone(), &config.tenants);
     tenants::seed_self_host(&tenants, &config.seed, &config.api, &config.db)
         .await
         .context("seeding the self-host tenant")?;
 
-    let fallback_tenant = config
-        .transport
-        .fallback_tenant
-        .as_deref()
-        .map(crate::types::TenantId::from);
+    let fallback_tenant = config.tenants.fallback_tenant.clone();
     let state = ApiState {
         fallback_tenant: fallback_tenant.clone(),
         tenants: tenants.clone(),
@@ -202,7 +193,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     };
     let hub = Hub::new();
     let broadcaster = Arc::new(Broadcaster::new(hub.clone(), Arc::new(NoPeers)));
-    let limits = Arc::new(Limits::new(LimitsConfig::new(&config.channel)));
+    let limits = Arc::new(Limits::new(LimitsConfig::new(&config.limits)));
     let presence = Arc::new(Presence::new(
         hub.clone(),
         limits.clone(),
@@ -228,8 +219,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         limits: limits.clone(),
         config: config.transport.clone(),
         fallback_tenant: fallback_tenant.clone(),
-        connect_error_backoff: config.channel.connect_error_backoff,
-        no_channel_timeout: config.channel.no_channel_timeout,
+        connect_error_backoff: config.transport.connect_error_backoff,
+        no_channel_timeout: config.transport.no_channel_timeout,
         max_header_length: config.http.max_header_length,
         sockets: OpenSockets::new(config.http.max_connections as usize),
         owner: owner.child(),
@@ -245,11 +236,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         broadcaster: broadcaster.clone(),
         limits: limits.clone(),
         claim_validators: config.api.jwt_claim_validators.clone(),
-        fallback_tenant: config
-            .transport
-            .fallback_tenant
-            .as_deref()
-            .map(crate::types::TenantId::from),
+        fallback_tenant,
         body_limit: config.http.max_body_bytes,
     });
     // The WebSocket routes stay outside the HTTP middleware: every upgrade would otherwise pay
@@ -320,19 +307,21 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Closes the sockets of a tenant whose record changed in a way sockets must see (PROTOCOL.md
-/// 1.7: deleted, reloaded, or updated).
+/// Closes the sockets of a tenant whose change requires it (PROTOCOL.md 1.7: deleted,
+/// reloaded, or updated in its keys, `private_only` or `suspend`); hands the new record to the
+/// open sockets of any other update.
 async fn disconnect_on_tenant_changes(tenants: Tenants, hub: Arc<Hub>) {
     let mut events = tenants.subscribe();
     loop {
         match events.recv().await {
+            Ok(event) if event.disconnect => {
+                let n = hub.disconnect_tenant(&event.tenant);
+                tracing::info!(tenant = %event.tenant, change = ?event.change, sockets = n, "tenant changed; disconnecting its sockets");
+            }
             Ok(event) => {
-                if matches!(
-                    event.change,
-                    TenantChange::Updated | TenantChange::Deleted | TenantChange::Reloaded
-                ) {
-                    let n = hub.disconnect_tenant(&event.tenant);
-                    tracing::info!(tenant = %event.tenant, change = ?event.change, sockets = n, "tenant changed; disconnecting its sockets");
+                if let (TenantChange::Updated, Some(record)) = (event.change, &event.record) {
+                    let n = hub.update_tenant(&event.tenant, record);
+                    tracing::debug!(tenant = %event.tenant, sockets = n, "tenant updated; sockets use the new record");
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {

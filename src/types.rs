@@ -26,13 +26,39 @@ impl TenantId {
     /// Returns the tenant a `Host` header value names: its first DNS label, without the port
     /// (`abcd.supabase.co:443` → `abcd`, `127.0.0.1` → `127`), as the original does.
     pub fn from_host(host: &str) -> TenantId {
-        let without_port = match host.rsplit_once(':') {
-            Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        };
+        let without_port = host_without_port(host);
         TenantId::new(without_port.split('.').next().unwrap_or(without_port))
     }
+
+    /// Returns whether a `Host` header value can name a tenant: a name of two labels or more
+    /// (`abcd.supabase.co`, `no-such.localhost`). An IP literal (`127.0.0.1`, `[::1]:4000`) or a
+    /// single label (`localhost`, a compose service name) cannot; only such a Host may fall back
+    /// to `FALLBACK_TENANT` when its first label names no tenant.
+    pub fn host_can_name_tenant(host: &str) -> bool {
+        let name = host_without_port(host.trim());
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.starts_with('[') || name.parse::<std::net::IpAddr>().is_ok() {
+            return false;
+        }
+        name.split('.').filter(|label| !label.is_empty()).count() >= 2
+    }
 }
+
+/// Returns `host` without a trailing `:port` (an IPv6 literal keeps its brackets).
+fn host_without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return match rest.find(']') {
+            Some(end) => &host[..end + 2],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+impl TenantId {}
 
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -100,5 +126,36 @@ mod tests {
         assert_eq!(id("localhost:4000"), "localhost");
         assert_eq!(id("127.0.0.1:4000"), "127");
         assert_eq!(id(""), "");
+        assert_eq!(id("[::1]:4000"), "[::1]");
+    }
+
+    #[test]
+    fn only_names_of_two_labels_or_more_can_name_a_tenant() {
+        for host in [
+            "abcd.supabase.co",
+            "abcd.supabase.co:443",
+            "no-such.localhost",
+            "typo.example.com:4000",
+            "realtime-dev.supabase-realtime",
+            "t1.localhost.",
+        ] {
+            assert!(TenantId::host_can_name_tenant(host), "{host}");
+        }
+        for host in [
+            "localhost",
+            "localhost:4000",
+            "localhost.",
+            "realtime",
+            "127.0.0.1",
+            "127.0.0.1:4000",
+            "10.1.2.3",
+            "[::1]",
+            "[::1]:4000",
+            "[2001:db8::1]:443",
+            "::1",
+            "",
+        ] {
+            assert!(!TenantId::host_can_name_tenant(host), "{host}");
+        }
     }
 }

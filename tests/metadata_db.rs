@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use realtime::db::{Db, MIGRATIONS};
 use realtime::tenants::{Cipher, Tenants};
 use realtime::types::TenantId;
@@ -164,7 +162,7 @@ INSERT INTO _realtime.extensions VALUES
         db,
         Cipher::new(&config.encryption).unwrap(),
         config.limits.clone(),
-        Duration::from_secs(30),
+        &config.tenants,
     );
     let tenant = tenants
         .get(&TenantId::from("legacy"))
@@ -186,6 +184,49 @@ INSERT INTO _realtime.extensions VALUES
     assert_eq!(settings.port, 5432);
     assert_eq!(settings.password.expose(), "s3cret");
     assert!(settings.ssl_enforced);
+}
+
+/// A null limit column (a hand-edited or older schema) reads as the node's configured default,
+/// the same value an API write fills in: joins/s is 100 (PROTOCOL.md 10.2), not the column's 500.
+#[tokio::test]
+async fn null_limit_columns_read_as_the_configured_defaults() {
+    let name = common::fresh_database().await;
+    let db = db_for(&name).await;
+    db.migrate().await.unwrap();
+    let open = |extra: &'static [(&'static str, &'static str)]| {
+        let config = common::config(&name, extra);
+        let db = db.clone();
+        Tenants::new(
+            db,
+            Cipher::new(&config.encryption).unwrap(),
+            config.limits.clone(),
+            &config.tenants,
+        )
+    };
+    open(&[])
+        .upsert(None, &common::tenant_body("nulls"))
+        .await
+        .unwrap();
+    common::connect(&name)
+        .await
+        .batch_execute(
+            "ALTER TABLE _realtime.tenants ALTER COLUMN max_joins_per_second DROP NOT NULL,
+                 ALTER COLUMN max_payload_size_in_kb DROP NOT NULL;
+             UPDATE _realtime.tenants
+                SET max_joins_per_second = NULL, max_payload_size_in_kb = NULL",
+        )
+        .await
+        .unwrap();
+    let id = TenantId::from("nulls");
+    let tenant = open(&[]).get(&id).await.unwrap().unwrap();
+    assert_eq!(tenant.limits.max_joins_per_second, 100);
+    assert_eq!(tenant.limits.max_payload_size_in_kb, 3000);
+    let tenant = open(&[("TENANT_MAX_JOINS_PER_SECOND", "77")])
+        .get(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tenant.limits.max_joins_per_second, 77);
 }
 
 fn openssl_ecb(text: &str) -> String {

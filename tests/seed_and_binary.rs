@@ -17,7 +17,7 @@ async fn tenants_for(db_name: &str, extra: &[(&str, &str)]) -> (Tenants, realtim
         db,
         Cipher::new(&config.encryption).unwrap(),
         config.limits.clone(),
-        Duration::from_secs(30),
+        &config.tenants,
     );
     (tenants, config)
 }
@@ -84,7 +84,10 @@ async fn cache_is_invalidated_on_write_and_expires() {
         Db::connect(&config.db).await.unwrap(),
         Cipher::new(&config.encryption).unwrap(),
         config.limits.clone(),
-        Duration::from_millis(300),
+        &realtime::config::TenantsConfig {
+            cache_expiration: Duration::from_millis(300),
+            ..config.tenants.clone()
+        },
     );
     let id = TenantId::from("t1");
     writer

@@ -145,13 +145,12 @@ async fn upsert_show_list_delete_round_trip() {
     }
     let raw = serde_json::to_string(&created).unwrap();
     assert!(!raw.contains("tenant-jwt-secret") && !raw.contains("db-pass-123"));
-    assert_eq!(
-        events.recv().await.unwrap(),
-        realtime::tenants::TenantEvent {
-            tenant: TenantId::from("t1"),
-            change: TenantChange::Created
-        }
-    );
+    let event = events.recv().await.unwrap();
+    assert_eq!(event.tenant, TenantId::from("t1"));
+    assert_eq!(event.change, TenantChange::Created);
+    assert!(!event.disconnect);
+    assert_eq!(event.origin, realtime::tenants::EventOrigin::Local);
+    assert_eq!(event.record.unwrap().external_id, TenantId::from("t1"));
 
     // Existing → 200, and a repeat keeps the id.
     let res = api.post("/api/tenants", &common::tenant_body("t1")).await;
@@ -351,7 +350,9 @@ async fn reload_shutdown_and_tenant_health() {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::NO_CONTENT, "{path}");
-        assert_eq!(events.recv().await.unwrap().change, change);
+        let event = events.recv().await.unwrap();
+        assert_eq!(event.change, change);
+        assert_eq!(event.disconnect, change == TenantChange::Reloaded);
     }
     let res = api.get("/api/tenants/t1/health").await;
     assert_eq!(res.status(), StatusCode::OK);

@@ -324,15 +324,17 @@ async fn http_broadcasts_reach_websocket_subscribers() {
         r.json::<Value>().await.unwrap(),
         json!({"message": "Unauthorized"})
     );
-    let r = http
-        .post(format!("{base}/api/broadcast"))
-        .header("host", "nobody.localhost")
-        .header("apikey", token(60))
-        .json(&json!({"messages": []}))
-        .send()
-        .await
-        .unwrap();
-    // An unknown Host label falls back to the seeded tenant, whose validation then refuses.
+    let unnamed = |host: &'static str| {
+        http.post(format!("{base}/api/broadcast"))
+            .header("host", host)
+            .header("apikey", token(60))
+            .json(&json!({"messages": []}))
+    };
+    // A multi-label Host whose first label names no tenant is refused (no fallback)...
+    let r = unnamed("nobody.localhost").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // ...while a single label falls back to the seeded tenant, whose validation then refuses.
+    let r = unnamed("localhost").send().await.unwrap();
     assert_eq!(r.status(), 422);
     app.shutdown().await.unwrap();
 }

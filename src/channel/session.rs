@@ -939,6 +939,11 @@ impl Session {
         }
     }
 
+    /// Switches to the tenant's new record (limits, presence flag) without a reconnect.
+    pub fn tenant_updated(&mut self, tenant: Arc<Tenant>) {
+        self.tenant = tenant;
+    }
+
     /// Tells every channel the server requested a disconnect; the socket then closes (1012).
     pub fn tenant_disconnect(&mut self, out: &mut Vec<Frame>) -> SessionControl {
         let topics: Vec<String> = self.channels.keys().cloned().collect();

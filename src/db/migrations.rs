@@ -98,6 +98,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS extensions_tenant_external_id_type_index
 /// versions this call applied (empty when the schema was already current).
 pub(super) async fn run(client: &mut PooledClient) -> Result<Vec<i64>, DbError> {
     let tx = client.transaction().await?;
+    // Another node's run may hold the lock for longer than `DB_QUERY_TIMEOUT_MS`, and a
+    // migration may take longer too: no statement timeout for this transaction.
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await?;
     // Held until commit or rollback: concurrent runs queue here, then find the work done.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await?;

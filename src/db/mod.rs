@@ -48,7 +48,11 @@ pub enum DbError {
     Checkout(#[from] deadpool_postgres::PoolError),
     /// A statement failed.
     #[error("metadata database query failed: {0}")]
-    Query(#[from] tokio_postgres::Error),
+    Query(tokio_postgres::Error),
+    /// A statement ran longer than `DB_QUERY_TIMEOUT_MS` (waiting for a lock, or a stalled
+    /// database) and the server cancelled it; the transaction is rolled back.
+    #[error("metadata database query cancelled after the query timeout: {0}")]
+    Timeout(tokio_postgres::Error),
     /// A migration of the `_realtime` schema failed; nothing of it was applied.
     #[error("migration {version} ({name}) of the _realtime schema failed: {source}")]
     Migration {
@@ -61,10 +65,22 @@ pub enum DbError {
     },
 }
 
+impl From<tokio_postgres::Error> for DbError {
+    /// Sorts a statement error: a cancelled statement (`statement_timeout`) is a timeout.
+    fn from(err: tokio_postgres::Error) -> Self {
+        if err.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) {
+            DbError::Timeout(err)
+        } else {
+            DbError::Query(err)
+        }
+    }
+}
+
 impl OperationalError for DbError {
     fn code(&self) -> ErrorCode {
         match self {
             DbError::Migration { .. } => ErrorCode::MigrationsFailed,
+            DbError::Timeout(_) => ErrorCode::QueryCanceled,
             _ => ErrorCode::MetadataDatabaseError,
         }
     }
@@ -72,6 +88,7 @@ impl OperationalError for DbError {
     fn client_message(&self) -> String {
         match self {
             DbError::Migration { .. } => "metadata database migrations failed".into(),
+            DbError::Timeout(_) => "metadata database query timed out".into(),
             _ => "metadata database unavailable".into(),
         }
     }
@@ -98,7 +115,8 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Builds the pool and opens one connection to prove the database is reachable.
     ///
-    /// Keeps at most `DB_POOL_SIZE` connections; a checkout waits at most `DB_QUEUE_TARGET`; every
+    /// Every statement is bounded by `DB_QUERY_TIMEOUT_MS` (`statement_timeout`). Keeps at most
+    /// `DB_POOL_SIZE` connections; a checkout waits at most `DB_QUEUE_TARGET`; every
     /// new connection first runs `DB_AFTER_CONNECT_QUERY`; with `DB_IP_VERSION` the host is
     /// resolved once here to an address of that family.
     ///
@@ -113,6 +131,11 @@ impl Db {
             .password(config.password.expose())
             .dbname(&config.name)
             .application_name("realtime")
+            // Server-side, so a cancelled statement leaves the connection usable.
+            .options(format!(
+                "-c statement_timeout={}",
+                config.query_timeout.as_millis()
+            ))
             .connect_timeout(config.queue_target.max(Duration::from_secs(1)));
         if let Some(version) = config.ip_version {
             pg.hostaddr(resolve_host(&config.host, config.port, version).await?);

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::phoenix::{self, UserBroadcast, Vsn};
+use crate::tenants::Tenant;
 use crate::types::{ConnId, TenantId};
 
 /// A room: the unit of fan-out.
@@ -271,6 +272,19 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner())
             .get(tenant)
             .map_or(0, HashMap::len)
+    }
+
+    /// Hands every connection of `tenant` its new record (an update that needs no disconnect).
+    /// Returns the number of connections told.
+    pub fn update_tenant(&self, tenant: &TenantId, record: &Arc<Tenant>) -> usize {
+        let connections = self.connections.read().unwrap_or_else(|e| e.into_inner());
+        let Some(conns) = connections.get(tenant) else {
+            return 0;
+        };
+        conns
+            .values()
+            .filter(|o| o.push(Outbound::TenantUpdated(record.clone())))
+            .count()
     }
 
     /// Asks every connection of `tenant` to tell its channels and close (code 1012).

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
 use crate::close_code::CloseCode;
+use crate::tenants::Tenant;
 
 /// A WebSocket frame ready to write, shared between every subscriber that gets it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub enum Outbound {
     Direct(Frame),
     /// Tell every channel `Server requested disconnect`, then close with 1012.
     TenantDisconnect,
+    /// The tenant's record changed without needing a disconnect (limits, presence flag):
+    /// use this one from now on.
+    TenantUpdated(Arc<Tenant>),
     /// Close the socket with this WebSocket close code and reason.
     Close {
         /// WebSocket close code.

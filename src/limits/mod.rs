@@ -27,7 +27,7 @@ pub use rate_counter::{RateCounter, RateCounterConfig};
 pub use token_bucket::TokenBucket;
 pub use window::FixedWindow;
 
-use crate::config::ChannelConfig;
+use crate::config::LimitDefaults;
 use crate::tenants::TenantLimits;
 use crate::types::TenantId;
 
@@ -46,26 +46,20 @@ pub struct LimitsConfig {
 }
 
 impl LimitsConfig {
-    /// Builds the settings from the node's channel configuration and the original's counter
-    /// shapes.
-    pub fn new(channel: &ChannelConfig) -> Self {
+    /// Builds the settings from the node's limit defaults and the original's counter shapes.
+    pub fn new(defaults: &LimitDefaults) -> Self {
         LimitsConfig {
             tenant_counter: RateCounterConfig::TENANT,
             requests_counter: RateCounterConfig::REQUESTS,
-            client_presence_max_calls: channel.client_presence_max_calls,
-            client_presence_window: channel.client_presence_window,
+            client_presence_max_calls: defaults.client_presence_max_calls,
+            client_presence_window: defaults.client_presence_window,
         }
     }
 
     /// Returns the defaults, for tests.
     #[cfg(test)]
     pub fn for_test() -> Self {
-        LimitsConfig {
-            tenant_counter: RateCounterConfig::TENANT,
-            requests_counter: RateCounterConfig::REQUESTS,
-            client_presence_max_calls: 5,
-            client_presence_window: Duration::from_millis(30_000),
-        }
+        LimitsConfig::new(&LimitDefaults::default())
     }
 }
 
@@ -900,16 +894,13 @@ mod tests {
     }
 
     #[test]
-    fn config_takes_the_presence_defaults_from_channel_config() {
-        let channel = ChannelConfig {
-            join_error_backoff: ms(5_000),
-            connect_error_backoff: ms(2_000),
-            no_channel_timeout: Duration::from_secs(600),
-            tenant_cache_expiration: ms(30_000),
+    fn config_takes_the_presence_defaults_from_the_limit_defaults() {
+        let defaults = LimitDefaults {
             client_presence_max_calls: 7,
             client_presence_window: ms(1_234),
+            ..LimitDefaults::default()
         };
-        let config = LimitsConfig::new(&channel);
+        let config = LimitsConfig::new(&defaults);
         assert_eq!(config.client_presence_max_calls, 7);
         assert_eq!(config.client_presence_window, ms(1_234));
         assert_eq!(config.tenant_counter, RateCounterConfig::TENANT);

@@ -14,12 +14,11 @@ mod store;
 mod validation;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use crate::config::{LimitDefaults, Secret};
+use crate::config::{LimitDefaults, Secret, TenantsConfig};
 use crate::db::{Db, DbError, PgError};
 use crate::error::{ErrorCode, OperationalError};
 use crate::types::TenantId;
@@ -62,6 +61,9 @@ pub enum TenantsError {
     /// Concurrent writers kept creating the same tenant under this upsert; retry.
     #[error("tenant {0} was changed concurrently")]
     Conflict(TenantId),
+    /// A tenant lookup failed; every caller that waited for the same load gets this cause.
+    #[error("tenant lookup failed: {0}")]
+    Lookup(Arc<TenantsError>),
     /// An extension lacks a DB setting or holds an unusable one.
     #[error("extension setting {field} of tenant {tenant} is missing or invalid")]
     BadSetting {
@@ -74,7 +76,7 @@ pub enum TenantsError {
 
 impl From<PgError> for TenantsError {
     fn from(err: PgError) -> Self {
-        TenantsError::Db(DbError::Query(err))
+        TenantsError::Db(DbError::from(err))
     }
 }
 
@@ -88,6 +90,7 @@ impl OperationalError for TenantsError {
             TenantsError::Encrypt(_) => ErrorCode::EncryptionError,
             TenantsError::Decrypt { .. } => ErrorCode::DecryptionError,
             TenantsError::BadSetting { .. } => ErrorCode::InvalidConfiguration,
+            TenantsError::Lookup(cause) => cause.code(),
         }
     }
 
@@ -100,6 +103,7 @@ impl OperationalError for TenantsError {
             TenantsError::Encrypt(_) => "unable to encrypt tenant secrets".into(),
             TenantsError::Decrypt { .. } => "unable to decrypt tenant secrets".into(),
             TenantsError::BadSetting { .. } => "invalid tenant extension settings".into(),
+            TenantsError::Lookup(cause) => cause.client_message(),
         }
     }
 }
@@ -119,13 +123,56 @@ pub enum TenantChange {
     Shutdown,
 }
 
+/// Where a tenant change was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOrigin {
+    /// On this node (API write, seed, reload): the cluster layer forwards it to peers.
+    Local,
+    /// On another node, applied here by [`Tenants::apply_remote`]: never forwarded again.
+    Peer,
+}
+
 /// A tenant change announced to subscribers, after it was committed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct TenantEvent {
     /// The tenant.
     pub tenant: TenantId,
     /// The change.
     pub change: TenantChange,
+    /// Whether the tenant's sockets must close (PROTOCOL.md 1.7): deleted, reloaded, or updated
+    /// in `jwt_secret`, `jwt_jwks`, `private_only` or `suspend`
+    /// ([`Tenant::change_requires_disconnect`]).
+    pub disconnect: bool,
+    /// The record after the change, when the tenant still exists and it was at hand; open
+    /// sockets of an update without disconnect switch to it.
+    pub record: Option<Arc<Tenant>>,
+    /// Where the change was made.
+    pub origin: EventOrigin,
+}
+
+impl TenantEvent {
+    /// Builds a local event of `change`, with the disconnect rule of that change kind (an
+    /// update's depends on the records: see [`TenantEvent::updated`]).
+    fn local(tenant: TenantId, change: TenantChange, record: Option<Arc<Tenant>>) -> TenantEvent {
+        TenantEvent {
+            tenant,
+            change,
+            disconnect: matches!(change, TenantChange::Deleted | TenantChange::Reloaded),
+            record,
+            origin: EventOrigin::Local,
+        }
+    }
+
+    /// Builds the local event of an update from the record before and after it.
+    fn updated(old: &Tenant, new: Arc<Tenant>) -> TenantEvent {
+        TenantEvent {
+            tenant: new.external_id.clone(),
+            change: TenantChange::Updated,
+            disconnect: old.change_requires_disconnect(&new),
+            record: Some(new),
+            origin: EventOrigin::Local,
+        }
+    }
 }
 
 /// Decrypted connection settings of a tenant database (from a `postgres_cdc_rls` extension).
@@ -178,15 +225,19 @@ enum WriteMode {
 impl Tenants {
     /// Builds the registry over the metadata database.
     ///
-    /// `cache_ttl` is `TENANT_CACHE_EXPIRATION_IN_MS`; `defaults` fill unset limits on writes.
-    pub fn new(db: Db, cipher: Cipher, defaults: LimitDefaults, cache_ttl: Duration) -> Tenants {
+    /// `config` sets the cache lifetimes; `defaults` fill unset limits on writes and null limit
+    /// columns on reads.
+    pub fn new(db: Db, cipher: Cipher, defaults: LimitDefaults, config: &TenantsConfig) -> Tenants {
         let (events, _) = broadcast::channel(EVENT_CAPACITY);
         Tenants {
             inner: Arc::new(Inner {
                 db,
                 cipher,
                 defaults,
-                cache: cache::TenantCache::new(cache_ttl),
+                cache: cache::TenantCache::new(
+                    config.cache_expiration,
+                    config.not_found_expiration,
+                ),
                 events,
             }),
         }
@@ -197,30 +248,43 @@ impl Tenants {
         self.inner.events.subscribe()
     }
 
-    /// Returns a tenant by external id, from the cache when fresh.
+    /// Returns a tenant by external id, from the cache when fresh (found tenants and unknown
+    /// ids both are cached; see `cache.rs`). Concurrent misses of one id make one query.
     ///
     /// # Errors
-    /// [`TenantsError::Db`] or [`TenantsError::Decrypt`].
+    /// [`TenantsError::Lookup`] wrapping the database or decryption error of the load (shared
+    /// by every caller that waited for it); `DB_QUERY_TIMEOUT_MS` bounds the query.
     pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, TenantsError> {
-        let cache = &self.inner.cache;
-        if let Some(tenant) = cache.get(id, Instant::now()) {
-            return Ok(Some(tenant));
-        }
-        let generation = cache.generation();
-        let mut client = self.inner.db.client().await?;
-        let tx = client.transaction().await?;
-        let stored = store::load(&tx, Some(id.as_str()), false).await?;
-        tx.commit().await?;
-        let Some(stored) = stored.into_iter().next() else {
-            return Ok(None);
-        };
-        let tenant = Arc::new(self.decrypt(stored)?);
-        cache.insert(tenant.clone(), generation, Instant::now());
-        Ok(Some(tenant))
+        self.inner
+            .cache
+            .get_or_load(id, || self.load(id))
+            .await
+            .map_err(TenantsError::Lookup)
     }
 
-    /// Returns the tenant a `Host` header value names (its first label), else the `fallback`
-    /// tenant (`FALLBACK_TENANT`) when there is one: the tenant routing of every edge.
+    /// Returns how many single-tenant loads the cache has sent to the metadata database.
+    pub fn cache_loads(&self) -> u64 {
+        self.inner.cache.loads()
+    }
+
+    async fn load(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>, TenantsError> {
+        let mut client = self.inner.db.client().await?;
+        let tx = client.transaction().await?;
+        let stored = store::load(&tx, Some(id.as_str()), false, &self.inner.defaults).await?;
+        tx.commit().await?;
+        match stored.into_iter().next() {
+            Some(stored) => Ok(Some(Arc::new(self.decrypt(stored)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the tenant a `Host` header value names (its first label): the tenant routing of
+    /// every edge (PROTOCOL.md 1.3).
+    ///
+    /// When no tenant has that id, a Host that cannot name a tenant (an IP literal or a single
+    /// label such as `localhost`; [`TenantId::host_can_name_tenant`]) gets the `fallback`
+    /// tenant (`FALLBACK_TENANT`) if there is one. A name of two labels or more whose first
+    /// label names no tenant (`typo.example.com`) gets `None`, as in the original.
     ///
     /// # Errors
     /// As [`Tenants::get`].
@@ -233,8 +297,8 @@ impl Tenants {
             return Ok(Some(tenant));
         }
         match fallback {
-            Some(id) => self.get(id).await,
-            None => Ok(None),
+            Some(id) if !TenantId::host_can_name_tenant(host) => self.get(id).await,
+            _ => Ok(None),
         }
     }
 
@@ -245,7 +309,7 @@ impl Tenants {
     pub async fn list(&self) -> Result<Vec<Tenant>, TenantsError> {
         let mut client = self.inner.db.client().await?;
         let tx = client.transaction().await?;
-        let stored = store::load(&tx, None, false).await?;
+        let stored = store::load(&tx, None, false, &self.inner.defaults).await?;
         tx.commit().await?;
         stored.into_iter().map(|s| self.decrypt(s)).collect()
     }
@@ -299,7 +363,10 @@ impl Tenants {
             let mut client = self.inner.db.client().await?;
             let tx = client.transaction().await?;
             let existing = match &lookup_id {
-                Some(id) => store::load(&tx, Some(id), true).await?.into_iter().next(),
+                Some(id) => store::load(&tx, Some(id), true, &self.inner.defaults)
+                    .await?
+                    .into_iter()
+                    .next(),
                 None => None,
             };
             if existing.is_some() && mode == WriteMode::CreateOnly {
@@ -351,19 +418,29 @@ impl Tenants {
                 }
                 store::replace_extensions(&tx, write.external_id.as_str(), &encrypted).await?;
             }
-            let stored = store::load(&tx, Some(write.external_id.as_str()), false)
-                .await?
-                .into_iter()
-                .next()
-                .ok_or_else(|| TenantsError::NotFound(write.external_id.clone()))?;
-            tx.commit().await?;
+            let stored = store::load(
+                &tx,
+                Some(write.external_id.as_str()),
+                false,
+                &self.inner.defaults,
+            )
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| TenantsError::NotFound(write.external_id.clone()))?;
+            // Decrypted before commit, so the event compares the row locked above with the row
+            // written here, inside the transaction.
             let tenant = Arc::new(self.decrypt(stored)?);
-            let change = if created {
-                TenantChange::Created
-            } else {
-                TenantChange::Updated
+            let event = match &existing {
+                None => TenantEvent::local(
+                    tenant.external_id.clone(),
+                    TenantChange::Created,
+                    Some(tenant.clone()),
+                ),
+                Some(old) => TenantEvent::updated(old, tenant.clone()),
             };
-            self.invalidate_and_announce(&tenant.external_id, change);
+            tx.commit().await?;
+            self.invalidate_and_announce(event);
             return Ok(Some((tenant, created)));
         }
         Err(TenantsError::Conflict(TenantId::new(
@@ -381,7 +458,11 @@ impl Tenants {
         let existed = store::delete_tenant(&tx, id.as_str()).await?;
         tx.commit().await?;
         if existed {
-            self.invalidate_and_announce(id, TenantChange::Deleted);
+            self.invalidate_and_announce(TenantEvent::local(
+                id.clone(),
+                TenantChange::Deleted,
+                None,
+            ));
         }
         Ok(existed)
     }
@@ -392,10 +473,33 @@ impl Tenants {
     /// [`TenantsError::NotFound`], or the errors of [`Tenants::get`].
     pub async fn signal(&self, id: &TenantId, change: TenantChange) -> Result<(), TenantsError> {
         self.inner.cache.invalidate(id);
-        if self.get(id).await?.is_none() {
+        let Some(record) = self.get(id).await? else {
             return Err(TenantsError::NotFound(id.clone()));
-        }
-        self.invalidate_and_announce(id, change);
+        };
+        self.invalidate_and_announce(TenantEvent::local(id.clone(), change, Some(record)));
+        Ok(())
+    }
+
+    /// Applies a tenant change made on another node (received over the cluster bus): drops the
+    /// cached record, reloads it when the tenant still exists, and announces the event to this
+    /// node's subscribers with origin [`EventOrigin::Peer`], so the bus layer does not forward
+    /// it again. `event.record` and `event.origin` as received are ignored; the record comes
+    /// from this node's own read of the metadata database.
+    ///
+    /// # Errors
+    /// The errors of [`Tenants::get`]; the cached entry is dropped and nothing is announced.
+    pub async fn apply_remote(&self, event: TenantEvent) -> Result<(), TenantsError> {
+        self.inner.cache.invalidate(&event.tenant);
+        let record = if event.change == TenantChange::Deleted {
+            None
+        } else {
+            self.get(&event.tenant).await?
+        };
+        self.send(TenantEvent {
+            record,
+            origin: EventOrigin::Peer,
+            ..event
+        });
         Ok(())
     }
 
@@ -452,13 +556,14 @@ impl Tenants {
         })
     }
 
-    fn invalidate_and_announce(&self, id: &TenantId, change: TenantChange) {
-        self.inner.cache.invalidate(id);
+    fn invalidate_and_announce(&self, event: TenantEvent) {
+        self.inner.cache.invalidate(&event.tenant);
+        self.send(event);
+    }
+
+    fn send(&self, event: TenantEvent) {
         // An error only means nobody is subscribed yet.
-        let _ = self.inner.events.send(TenantEvent {
-            tenant: id.clone(),
-            change,
-        });
+        let _ = self.inner.events.send(event);
     }
 
     fn decrypt(&self, stored: store::StoredTenant) -> Result<Tenant, TenantsError> {

@@ -43,6 +43,19 @@ pub struct Tenant {
     pub updated_at: NaiveDateTime,
 }
 
+impl Tenant {
+    /// Returns whether changing this record into `new` must close the tenant's sockets
+    /// (PROTOCOL.md 1.7): the keys that verified their tokens (`jwt_secret`, `jwt_jwks`) or the
+    /// rules that admitted them (`private_only`, `suspend`) changed. Any other change (limits,
+    /// `presence_enabled`, name, extensions) reaches open sockets without a reconnect.
+    pub fn change_requires_disconnect(&self, new: &Tenant) -> bool {
+        self.jwt_secret != new.jwt_secret
+            || self.jwt_jwks != new.jwt_jwks
+            || self.private_only != new.private_only
+            || self.suspend != new.suspend
+    }
+}
+
 /// Per-tenant limits (PROTOCOL.md 11.1 and 12.2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantLimits {
@@ -109,6 +122,39 @@ impl Tenant {
             extensions: Vec::new(),
             inserted_at: epoch,
             updated_at: epoch,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn only_keys_and_admission_rules_require_a_disconnect() {
+        let old = Tenant::for_test("t1");
+        let same = old.clone();
+        assert!(!old.change_requires_disconnect(&same));
+
+        let mut limits = old.clone();
+        limits.limits.max_channels_per_client = 1;
+        limits.limits.max_payload_size_in_kb = 1;
+        limits.presence_enabled = true;
+        limits.name = "renamed".into();
+        assert!(!old.change_requires_disconnect(&limits));
+
+        let changes: [fn(&mut Tenant); 4] = [
+            |t| t.jwt_secret = Some(Secret::new("another-secret")),
+            |t| t.jwt_jwks = Some(json!({"keys": []})),
+            |t| t.private_only = true,
+            |t| t.suspend = true,
+        ];
+        for change in changes {
+            let mut new = old.clone();
+            change(&mut new);
+            assert!(old.change_requires_disconnect(&new), "{new:?}");
         }
     }
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::model::TenantLimits;
 use super::validation::TenantWrite;
+use crate::config::LimitDefaults;
 use crate::db::{Json, PgError, Row, ToSql, Transaction};
 
 /// Columns read for a tenant, in the order [`StoredTenant::from_row`] expects.
@@ -47,7 +48,8 @@ pub(super) struct StoredExtension {
     pub updated_at: NaiveDateTime,
 }
 
-/// Reads a nullable int column (older schemas allow nulls) as a limit.
+/// Reads a nullable int column (older schemas allow nulls) as a limit; null takes the node's
+/// default, the same one a write would have filled in.
 fn limit(row: &Row, column: &str, default: u32) -> u32 {
     row.get::<_, Option<i32>>(column)
         .and_then(|v| u32::try_from(v).ok())
@@ -55,7 +57,8 @@ fn limit(row: &Row, column: &str, default: u32) -> u32 {
 }
 
 impl StoredTenant {
-    fn from_row(row: &Row) -> StoredTenant {
+    fn from_row(row: &Row, defaults: &LimitDefaults) -> StoredTenant {
+        let d = defaults;
         StoredTenant {
             id: row.get("id"),
             external_id: row.get("external_id"),
@@ -66,13 +69,25 @@ impl StoredTenant {
                 .get::<_, Option<String>>("postgres_cdc_default")
                 .unwrap_or_else(|| super::POSTGRES_CDC_RLS.to_string()),
             limits: TenantLimits {
-                max_concurrent_users: limit(row, "max_concurrent_users", 200),
-                max_events_per_second: limit(row, "max_events_per_second", 100),
-                max_bytes_per_second: limit(row, "max_bytes_per_second", 100_000),
-                max_channels_per_client: limit(row, "max_channels_per_client", 100),
-                max_joins_per_second: limit(row, "max_joins_per_second", 500),
-                max_presence_events_per_second: limit(row, "max_presence_events_per_second", 1000),
-                max_payload_size_in_kb: limit(row, "max_payload_size_in_kb", 3000),
+                max_concurrent_users: limit(row, "max_concurrent_users", d.max_concurrent_users),
+                max_events_per_second: limit(row, "max_events_per_second", d.max_events_per_second),
+                max_bytes_per_second: limit(row, "max_bytes_per_second", d.max_bytes_per_second),
+                max_channels_per_client: limit(
+                    row,
+                    "max_channels_per_client",
+                    d.max_channels_per_client,
+                ),
+                max_joins_per_second: limit(row, "max_joins_per_second", d.max_joins_per_second),
+                max_presence_events_per_second: limit(
+                    row,
+                    "max_presence_events_per_second",
+                    d.max_presence_events_per_second,
+                ),
+                max_payload_size_in_kb: limit(
+                    row,
+                    "max_payload_size_in_kb",
+                    d.max_payload_size_in_kb,
+                ),
                 max_client_presence_events_per_window: row
                     .get::<_, Option<i32>>("max_client_presence_events_per_window")
                     .and_then(|v| u32::try_from(v).ok()),
@@ -94,11 +109,13 @@ impl StoredTenant {
 }
 
 /// Loads tenants (all when `external_id` is `None`) with their extensions, ordered by
-/// `inserted_at`; `lock` takes row locks on the tenant rows until the transaction ends.
+/// `inserted_at`; `lock` takes row locks on the tenant rows until the transaction ends. Null
+/// limits take `defaults`.
 pub(super) async fn load(
     tx: &Transaction<'_>,
     external_id: Option<&str>,
     lock: bool,
+    defaults: &LimitDefaults,
 ) -> Result<Vec<StoredTenant>, PgError> {
     let lock = if lock { " FOR UPDATE" } else { "" };
     let rows = match external_id {
@@ -122,7 +139,10 @@ pub(super) async fn load(
             .await?
         }
     };
-    let mut tenants: Vec<StoredTenant> = rows.iter().map(StoredTenant::from_row).collect();
+    let mut tenants: Vec<StoredTenant> = rows
+        .iter()
+        .map(|row| StoredTenant::from_row(row, defaults))
+        .collect();
     if tenants.is_empty() {
         return Ok(tenants);
     }

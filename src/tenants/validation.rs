@@ -26,10 +26,6 @@ const REQUIRED_SETTINGS: [&str; 6] = [
 ];
 /// Extension type accepted as an alias of [`POSTGRES_CDC_RLS`].
 const POSTGRES_ALIAS: &str = "postgres";
-/// Default of `max_presence_events_per_second` (the column default).
-const DEFAULT_MAX_PRESENCE_EVENTS_PER_SECOND: u32 = 1000;
-/// Default of `max_payload_size_in_kb` (the column default).
-const DEFAULT_MAX_PAYLOAD_SIZE_IN_KB: u32 = 3000;
 
 /// Field errors, keyed by field name (paths like `extensions[0].settings.db_host` for nested ones).
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
@@ -160,12 +156,12 @@ pub fn validate_upsert(
         max_presence_events_per_second: fields.limit(
             "max_presence_events_per_second",
             old.map(|l| l.max_presence_events_per_second),
-            DEFAULT_MAX_PRESENCE_EVENTS_PER_SECOND,
+            defaults.max_presence_events_per_second,
         ),
         max_payload_size_in_kb: fields.limit(
             "max_payload_size_in_kb",
             old.map(|l| l.max_payload_size_in_kb),
-            DEFAULT_MAX_PAYLOAD_SIZE_IN_KB,
+            defaults.max_payload_size_in_kb,
         ),
         max_client_presence_events_per_window: fields.optional_limit(
             "max_client_presence_events_per_window",
@@ -375,13 +371,7 @@ mod tests {
     use super::*;
 
     fn defaults() -> LimitDefaults {
-        LimitDefaults {
-            max_bytes_per_second: 100_000,
-            max_channels_per_client: 100,
-            max_concurrent_users: 200,
-            max_events_per_second: 100,
-            max_joins_per_second: 100,
-        }
+        LimitDefaults::default()
     }
 
     fn settings() -> Value {

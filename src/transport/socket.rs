@@ -102,6 +102,7 @@ pub(super) async fn run_socket(params: SocketParams) {
                     match item {
                         Outbound::Fanout { slot, frame } => session.fanout(slot, frame, &mut out),
                         Outbound::Direct(frame) => out.push(frame),
+                        Outbound::TenantUpdated(tenant) => session.tenant_updated(tenant),
                         Outbound::TenantDisconnect => {
                             control = session.tenant_disconnect(&mut out);
                             break;
