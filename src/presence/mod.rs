@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use crate::hub::{ChannelSlot, FanoutMessage, Hub, RoomKey};
+use crate::hub::{ChannelSlot, FanoutKind, FanoutMessage, Hub, RoomKey};
 use crate::limits::{FixedWindow, Limits};
 use crate::phoenix;
 use crate::tenants::TenantLimits;
@@ -225,7 +225,8 @@ impl Presence {
                 let delivered = self.hub.publish(
                     &room,
                     &FanoutMessage::Json {
-                        event: phoenix::EVENT_PRESENCE_DIFF,
+                        kind: FanoutKind::Presence,
+                        event: phoenix::EVENT_PRESENCE_DIFF.into(),
                         payload: payload.clone(),
                     },
                     None,
