@@ -23,14 +23,9 @@ use base64::Engine;
 
 use crate::types::NodeId;
 
-/// One node's replica: the node and the incarnation (start) it belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReplicaId {
-    /// The node.
-    pub node: NodeId,
-    /// Grows with every start of the node; entries of older incarnations are dead.
-    pub incarnation: u64,
-}
+/// One node's replica: the node and the incarnation (start) it belongs to; entries of older
+/// incarnations are dead. The same type membership uses to name a node's run.
+pub type ReplicaId = crate::types::NodeIncarnation;
 
 /// One operation of a replica: the identity of the entry it created (its per-track ref).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
