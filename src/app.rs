@@ -22,12 +22,11 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::hub::Hub;
 use crate::limits::{Limits, LimitsConfig};
-use crate::presence::crdt::ReplicaId;
 use crate::presence::{NoReplication, Presence};
 use crate::tasks::Owner;
 use crate::tenants::{self, Cipher, TenantChange, Tenants};
 use crate::transport::{self, OpenSockets, Transport};
-use crate::types::NodeId;
+use crate::types::{NodeId, NodeIncarnation};
 
 /// Entry point of the `realtime` binary: reads the configuration, starts logging and runs
 /// until SIGTERM or Ctrl-C.
@@ -194,14 +193,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let hub = Hub::new();
     let broadcaster = Arc::new(Broadcaster::new(hub.clone(), Arc::new(NoPeers)));
     let limits = Arc::new(Limits::new(LimitsConfig::new(&config.limits)));
+    // This run's identity, for presence now and membership later.
+    let node = NodeIncarnation::start(NodeId::new(config.cluster.node_name.as_str()));
     let presence = Arc::new(Presence::new(
         hub.clone(),
         limits.clone(),
         Arc::new(NoReplication),
-        ReplicaId {
-            node: NodeId::new(config.cluster.node_name.as_str()),
-            incarnation: start_incarnation(),
-        },
+        node.clone(),
     ));
     let draining = Arc::new(AtomicBool::new(false));
     let owner = Owner::new();
@@ -330,15 +328,6 @@ async fn disconnect_on_tenant_changes(tenants: Tenants, hub: Arc<Hub>) {
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
-}
-
-/// Returns this start's presence incarnation: milliseconds since the Unix epoch, so that a
-/// restarted node's incarnation is higher than its previous one's (clocks permitting) and its
-/// stale presences cannot come back.
-fn start_incarnation() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Drops the rate counters of tenants that went idle, so the map shrinks again.

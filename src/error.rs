@@ -93,6 +93,7 @@ error_codes! {
     InvalidConfiguration,
     RealtimeNodeDisconnected,
     ReplicationError,
+    InvalidPeerMessage,
 }
 
 impl fmt::Display for ErrorCode {

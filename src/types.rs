@@ -95,6 +95,33 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// One run of a node: its name and an incarnation that grows with every start, so a restarted
+/// node is told apart from its previous run. Created once at start and shared by everything
+/// that names this node to peers (presence replicas, membership).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeIncarnation {
+    /// The node.
+    pub node: NodeId,
+    /// Milliseconds since the Unix epoch at start; higher for a later start (clocks permitting).
+    pub incarnation: u64,
+}
+
+impl NodeIncarnation {
+    /// Returns the incarnation of a node starting now.
+    pub fn start(node: NodeId) -> NodeIncarnation {
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1));
+        NodeIncarnation { node, incarnation }
+    }
+}
+
+impl fmt::Display for NodeIncarnation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.node, self.incarnation)
+    }
+}
+
 /// A WebSocket connection's id, unique within this node's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
@@ -116,6 +143,15 @@ impl fmt::Display for ConnId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_later_start_has_a_higher_incarnation() {
+        let first = NodeIncarnation::start(NodeId::new("n"));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = NodeIncarnation::start(NodeId::new("n"));
+        assert!(second.incarnation > first.incarnation);
+        assert_eq!(second.to_string(), format!("n@{}", second.incarnation));
+    }
 
     #[test]
     fn the_tenant_is_the_first_host_label() {

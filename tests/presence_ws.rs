@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use common::ws::{SELF_HOST, Ws, connect_as, recv_json as recv, send_json as send, silent};
@@ -459,5 +460,105 @@ async fn the_tenant_presence_rate_shuts_down_tracks_and_state_syncs() {
     .await;
     assert_eq!(recv(&mut ws).await[3], "phx_reply");
     expect_shutdown(&mut ws, "2", "Too many presence messages per second").await;
+    app.shutdown().await.expect("clean shutdown");
+}
+
+/// Reads every frame that arrives within `ms` (pings and pongs skipped).
+async fn drain(ws: &mut Ws, ms: u64) -> Vec<Value> {
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            frames.push(serde_json::from_str(t.as_str()).expect("JSON text frame"));
+        }
+    }
+    frames
+}
+
+/// PROTOCOL.md 12.2: only broadcast deliveries trip `max_events_per_second`; presence diffs
+/// count in the presence counter only. With the tenant's events limit tripped by broadcasts in
+/// one room, the broadcast receiver is shut down while channels receiving presence diffs in
+/// another room keep working. Runs against the real 5 s rate-counter period.
+#[tokio::test]
+async fn presence_diffs_never_trip_the_events_per_second_shutdown() {
+    let app = start(&[("CLIENT_PRESENCE_MAX_CALLS", "10000")]).await;
+    let mut body = common::tenant_body("chatty");
+    body["tenant"]["max_events_per_second"] = json!(1);
+    body["tenant"]["max_presence_events_per_second"] = json!(10000);
+    app.tenants()
+        .upsert(None, &body)
+        .await
+        .expect("tenant created");
+    let secret = body["tenant"]["jwt_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let (mut tracker, mut watcher) = (
+        connect_to(&app, "chatty", &secret, "2.0.0").await,
+        connect_to(&app, "chatty", &secret, "2.0.0").await,
+    );
+    join(&mut tracker, "1", "t", true).await;
+    join(&mut watcher, "1", "w", true).await;
+    const OTHER: &str = "realtime:other";
+    let (mut sender, mut receiver) = (
+        connect_to(&app, "chatty", &secret, "2.0.0").await,
+        connect_to(&app, "chatty", &secret, "2.0.0").await,
+    );
+    for ws in [&mut sender, &mut receiver] {
+        send(ws, json!(["1", "1", OTHER, "phx_join", config("b", false)])).await;
+        assert_eq!(recv(ws).await[3], "phx_reply");
+    }
+    let broadcast = |n: u32| {
+        json!(["1", n.to_string(), OTHER, "broadcast",
+            {"type": "broadcast", "event": "e", "payload": {"n": n}}])
+    };
+    let track = |n: u32| {
+        json!(["1", format!("p{n}"), TOPIC, "presence",
+            {"type": "presence", "event": "track", "payload": {"n": n}}])
+    };
+    let is_system = |f: &Value| f[3] == "system" || f[3] == "phx_close";
+    // Broadcasts and presence updates side by side until the events limit shuts the broadcast
+    // receiver down (the average moves at the 5 s ticks).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let mut n = 0;
+    let shut = loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the broadcast receiver was never shut down"
+        );
+        n += 1;
+        send(&mut sender, broadcast(n)).await;
+        send(&mut tracker, track(n)).await;
+        let got = drain(&mut receiver, 20).await;
+        for ws in [&mut tracker, &mut watcher] {
+            let frames = drain(ws, 0).await;
+            assert!(
+                !frames.iter().any(is_system),
+                "a presence channel was shut down: {frames:?}"
+            );
+        }
+        if let Some(system) = got.into_iter().find(|f| f[3] == "system") {
+            break system;
+        }
+    };
+    assert_eq!(shut[4]["message"], "Too many messages per second");
+    // The limit is tripped now: presence keeps flowing, well past the events-limit check
+    // interval, and no presence channel is shut down.
+    let mut diffs = 0;
+    for m in n + 1..n + 20 {
+        send(&mut tracker, track(m)).await;
+        let frames = drain(&mut watcher, 50).await;
+        assert!(
+            !frames.iter().any(is_system),
+            "the watcher was shut down: {frames:?}"
+        );
+        diffs += frames.iter().filter(|f| f[3] == "presence_diff").count();
+        let frames = drain(&mut tracker, 0).await;
+        assert!(
+            !frames.iter().any(is_system),
+            "the tracker was shut down: {frames:?}"
+        );
+    }
+    assert!(diffs >= 19, "every update reached the watcher ({diffs})");
     app.shutdown().await.expect("clean shutdown");
 }

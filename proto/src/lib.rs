@@ -4,5 +4,10 @@
 //! encodes the variant index) and every change bumps [`PROTOCOL_VERSION`]; the bus handshake
 //! settles on the lower version both peers speak.
 
+pub mod codec;
+pub mod presence;
+
+pub use codec::{DecodeError, EncodeError, MAX_MESSAGE_BYTES, decode, encode};
+
 /// Version of the inter-node protocol this build speaks (added in 0.1.0).
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -307,7 +307,8 @@ fn publish_batch(
             sub_topic: topic.into(),
         };
         let message = FanoutMessage::Json {
-            event: crate::phoenix::EVENT_BROADCAST,
+            kind: crate::hub::FanoutKind::Broadcast,
+            event: crate::phoenix::EVENT_BROADCAST.into(),
             payload: envelope.into(),
         };
         deliveries += 1 + api.broadcaster.publish(&room, &message, None) as u64;

@@ -116,7 +116,8 @@ mod tests {
             },
         );
         let msg = FanoutMessage::Json {
-            event: "broadcast",
+            kind: crate::hub::FanoutKind::Broadcast,
+            event: "broadcast".into(),
             payload: "{}".into(),
         };
         assert_eq!(

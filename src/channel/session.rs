@@ -676,7 +676,8 @@ impl Session {
                     return;
                 }
                 FanoutMessage::Json {
-                    event: phoenix::EVENT_BROADCAST,
+                    kind: crate::hub::FanoutKind::Broadcast,
+                    event: phoenix::EVENT_BROADCAST.into(),
                     payload: Arc::from(raw.get()),
                 }
             }
@@ -854,13 +855,22 @@ impl Session {
     }
 
     /// Writes a fan-out frame for the channel in `slot` (dropped when that channel is gone).
-    pub fn fanout(&mut self, slot: ChannelSlot, frame: Frame, out: &mut Vec<Frame>) {
+    /// Only broadcast deliveries mark the channel for the events-limit check (PROTOCOL.md 12.2).
+    pub fn fanout(
+        &mut self,
+        slot: ChannelSlot,
+        kind: crate::hub::FanoutKind,
+        frame: Frame,
+        out: &mut Vec<Frame>,
+    ) {
         let Some(topic) = self.topics_by_slot.get(&slot) else {
             return;
         };
         if let Some(channel) = self.channels.get_mut(topic) {
-            channel.delivered_in_batch = true;
-            self.fanout_pending = true;
+            if kind.checks_events_limit() {
+                channel.delivered_in_batch = true;
+                self.fanout_pending = true;
+            }
             out.push(frame);
         }
     }

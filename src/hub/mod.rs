@@ -12,7 +12,7 @@ mod outbox;
 pub use outbox::{ChannelSlot, ConnSignals, Frame, Outbound, Outbox, outbox};
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::phoenix::{self, UserBroadcast, Vsn};
 use crate::tenants::Tenant;
@@ -42,6 +42,85 @@ pub struct Subscriber {
     pub outbox: Outbox,
 }
 
+/// The event name of a fan-out message: a constant of this server, or text that came off the
+/// wire (a peer's message). Cloning never copies the text.
+#[derive(Clone, Debug)]
+pub struct EventName(EventText);
+
+#[derive(Clone, Debug)]
+enum EventText {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl EventName {
+    /// Returns the event name as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            EventText::Static(s) => s,
+            EventText::Shared(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for EventName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for EventName {
+    fn eq(&self, other: &EventName) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for EventName {}
+
+impl From<&'static str> for EventName {
+    fn from(s: &'static str) -> EventName {
+        EventName(EventText::Static(s))
+    }
+}
+
+impl From<Arc<str>> for EventName {
+    fn from(s: Arc<str>) -> EventName {
+        EventName(EventText::Shared(s))
+    }
+}
+
+impl From<String> for EventName {
+    fn from(s: String) -> EventName {
+        EventName(EventText::Shared(s.into()))
+    }
+}
+
+impl std::fmt::Display for EventName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a fan-out message is, for the limits it counts toward (PROTOCOL.md 12.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FanoutKind {
+    /// A broadcast or system message: its deliveries count toward `max_events_per_second`,
+    /// and a channel that receives one while that limit is tripped is shut down.
+    Broadcast,
+    /// A `presence_diff`: counted in the presence counter only, never shuts a channel down
+    /// for the events limit.
+    Presence,
+}
+
+impl FanoutKind {
+    /// Returns true when delivering this kind checks the events-per-second limit.
+    pub fn checks_events_limit(self) -> bool {
+        matches!(self, FanoutKind::Broadcast)
+    }
+}
+
 /// A message to fan out to a room.
 #[derive(Clone, Debug)]
 pub enum FanoutMessage {
@@ -51,14 +130,24 @@ pub enum FanoutMessage {
     /// An event whose payload is JSON text, sent as a text frame to everyone (a JSON
     /// `broadcast` push forwarded verbatim, the batch HTTP API, `presence_diff`, ...).
     Json {
+        /// What the message is, for the limits.
+        kind: FanoutKind,
         /// Event name, e.g. `broadcast`.
-        event: &'static str,
+        event: EventName,
         /// Payload JSON text.
         payload: Arc<str>,
     },
 }
 
 impl FanoutMessage {
+    /// Returns what the message is, for the limits it counts toward.
+    pub fn kind(&self) -> FanoutKind {
+        match self {
+            FanoutMessage::User(_) => FanoutKind::Broadcast,
+            FanoutMessage::Json { kind, .. } => *kind,
+        }
+    }
+
     /// Returns the size of the user payload, for payload limits.
     pub fn payload_len(&self) -> usize {
         match self {
@@ -95,25 +184,78 @@ impl FanoutMessage {
                     &payload,
                 ))
             }),
-            (FanoutMessage::Json { event, payload }, vsn) => Some(Frame::text(
+            (FanoutMessage::Json { event, payload, .. }, vsn) => Some(Frame::text(
                 phoenix::encode_message(vsn, None, None, topic, event, payload),
             )),
         }
     }
 }
 
+/// Told when a room appears on or disappears from this node (the cluster learns its peers'
+/// interest from these).
+///
+/// Called with the hub's room map locked, so that the events of one room alternate `created`,
+/// `emptied`, ... in the order the map changed: implementations must only queue, never wait
+/// or call back into the hub.
+pub trait RoomEvents: Send + Sync + 'static {
+    /// `room` got its first local subscriber.
+    fn room_created(&self, room: &RoomKey);
+    /// `room` lost its last local subscriber.
+    fn room_emptied(&self, room: &RoomKey);
+}
+
 struct Room {
     /// `realtime:<sub_topic>`, the topic every subscriber joined with.
     topic: String,
-    subscribers: RwLock<Vec<Subscriber>>,
+    members: RwLock<Members>,
+}
+
+/// A room's subscribers. A room is closed, under this lock, by the leave that empties it,
+/// before it leaves the map: a join never adds to a closed room, so a room holding subscribers
+/// is always the one in the map.
+struct Members {
+    subscribers: Vec<Subscriber>,
+    closed: bool,
+}
+
+impl Room {
+    fn new(key: &RoomKey, first: Subscriber) -> Arc<Room> {
+        Arc::new(Room {
+            topic: format!("{}{}", phoenix::TOPIC_PREFIX, key.sub_topic),
+            members: RwLock::new(Members {
+                subscribers: vec![first],
+                closed: false,
+            }),
+        })
+    }
+
+    fn members(&self) -> std::sync::RwLockReadGuard<'_, Members> {
+        self.members.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn members_mut(&self) -> std::sync::RwLockWriteGuard<'_, Members> {
+        self.members.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `subscriber` unless the room is closed; gives it back when closed.
+    fn try_add(&self, subscriber: Subscriber) -> Result<(), Subscriber> {
+        let mut members = self.members_mut();
+        if members.closed {
+            return Err(subscriber);
+        }
+        members.subscribers.push(subscriber);
+        Ok(())
+    }
 }
 
 /// This node's rooms and tenant connections.
 #[derive(Default)]
 pub struct Hub {
-    // std locks: held for short map operations only, never across an await.
+    // std locks: held for short map operations only, never across an await. Lock order: the
+    // room map, then a room's members.
     rooms: RwLock<HashMap<RoomKey, Arc<Room>>>,
     connections: RwLock<HashMap<TenantId, HashMap<ConnId, Outbox>>>,
+    room_events: OnceLock<Arc<dyn RoomEvents>>,
 }
 
 /// Keeps a connection registered with its tenant; unregisters on drop.
@@ -153,49 +295,106 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
-    /// Adds a subscriber to a room.
-    pub fn subscribe(&self, key: RoomKey, subscriber: Subscriber) {
-        let room = {
-            let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-            rooms
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    Arc::new(Room {
-                        topic: format!("{}{}", phoenix::TOPIC_PREFIX, key.sub_topic),
-                        subscribers: RwLock::new(Vec::new()),
-                    })
-                })
-                .clone()
-        };
-        room.subscribers
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(subscriber);
+    /// Registers the sink told about rooms created and emptied from now on. There is one sink
+    /// per hub: returns false (and keeps the first) when one is already set.
+    pub fn set_room_events(&self, sink: Arc<dyn RoomEvents>) -> bool {
+        self.room_events.set(sink).is_ok()
     }
 
-    /// Removes a channel's subscription; drops the room when it becomes empty.
-    pub fn unsubscribe(&self, key: &RoomKey, conn: ConnId, slot: ChannelSlot) {
-        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        let Some(room) = rooms.get(key) else { return };
-        let now_empty = {
-            let mut subs = room.subscribers.write().unwrap_or_else(|e| e.into_inner());
-            subs.retain(|s| !(s.conn == conn && s.slot == slot));
-            subs.is_empty()
+    fn read_rooms(&self) -> std::sync::RwLockReadGuard<'_, HashMap<RoomKey, Arc<Room>>> {
+        self.rooms.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_rooms(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<RoomKey, Arc<Room>>> {
+        self.rooms.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a subscriber to a room. Returns true when this created the room on this node (it
+    /// had no local subscriber), as the room-events sink is told.
+    ///
+    /// Atomic with respect to the room's existence: once this returns, the subscriber is in the
+    /// room that publishes find, whatever leaves run concurrently.
+    pub fn subscribe(&self, key: RoomKey, subscriber: Subscriber) -> bool {
+        // Fast path: the room exists and is open; only the room's own lock is taken to write.
+        let existing = self.read_rooms().get(&key).cloned();
+        let subscriber = match existing {
+            Some(room) => match room.try_add(subscriber) {
+                Ok(()) => return false,
+                Err(subscriber) => subscriber,
+            },
+            None => subscriber,
         };
-        if now_empty {
-            rooms.remove(key);
+        // The room is missing or closed by its last leave: settle it under the map's lock.
+        let mut rooms = self.write_rooms();
+        let subscriber = match rooms.get(&key) {
+            Some(room) => match room.try_add(subscriber) {
+                Ok(()) => return false,
+                Err(subscriber) => {
+                    // Still closed: its last leave has not removed it from the map yet. Replace
+                    // it; that leave then finds another room and reports nothing, and the map
+                    // never went without the room.
+                    let room = Room::new(&key, subscriber);
+                    rooms.insert(key, room);
+                    return false;
+                }
+            },
+            None => subscriber,
+        };
+        let room = Room::new(&key, subscriber);
+        if let Some(sink) = self.room_events.get() {
+            sink.room_created(&key);
         }
+        rooms.insert(key, room);
+        true
+    }
+
+    /// Removes a channel's subscription; drops the room when it becomes empty. Returns true
+    /// when this emptied the room on this node, as the room-events sink is told.
+    pub fn unsubscribe(&self, key: &RoomKey, conn: ConnId, slot: ChannelSlot) -> bool {
+        let Some(room) = self.read_rooms().get(key).cloned() else {
+            return false;
+        };
+        {
+            let mut members = room.members_mut();
+            let before = members.subscribers.len();
+            members
+                .subscribers
+                .retain(|s| !(s.conn == conn && s.slot == slot));
+            if members.closed
+                || members.subscribers.len() == before
+                || !members.subscribers.is_empty()
+            {
+                return false;
+            }
+            members.closed = true;
+        }
+        let mut rooms = self.write_rooms();
+        // A join may have replaced the closed room meanwhile: then the room never left the map.
+        if !rooms.get(key).is_some_and(|r| Arc::ptr_eq(r, &room)) {
+            return false;
+        }
+        rooms.remove(key);
+        if let Some(sink) = self.room_events.get() {
+            sink.room_emptied(key);
+        }
+        true
+    }
+
+    /// Returns true when a publish to `key` now would reach channel `(conn, slot)`.
+    #[cfg(test)]
+    fn reaches(&self, key: &RoomKey, conn: ConnId, slot: ChannelSlot) -> bool {
+        self.read_rooms().get(key).is_some_and(|r| {
+            r.members()
+                .subscribers
+                .iter()
+                .any(|s| s.conn == conn && s.slot == slot)
+        })
     }
 
     /// Returns the number of local subscribers of a room.
     pub fn subscriber_count(&self, key: &RoomKey) -> usize {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        rooms.get(key).map_or(0, |r| {
-            r.subscribers
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .len()
-        })
+        rooms.get(key).map_or(0, |r| r.members().subscribers.len())
     }
 
     /// Returns the number of rooms with at least one local subscriber.
@@ -211,20 +410,15 @@ impl Hub {
         message: &FanoutMessage,
         exclude: Option<(ConnId, ChannelSlot)>,
     ) -> usize {
-        let Some(room) = self
-            .rooms
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
-        else {
+        let Some(room) = self.read_rooms().get(key).cloned() else {
             return 0;
         };
         let mut v1: Option<Option<Frame>> = None;
         let mut v2: Option<Option<Frame>> = None;
         let mut delivered = 0;
-        let subs = room.subscribers.read().unwrap_or_else(|e| e.into_inner());
-        for sub in subs.iter() {
+        let kind = message.kind();
+        let members = room.members();
+        for sub in &members.subscribers {
             if exclude == Some((sub.conn, sub.slot)) {
                 continue;
             }
@@ -236,6 +430,7 @@ impl Hub {
             if let Some(frame) = frame
                 && sub.outbox.push(Outbound::Fanout {
                     slot: sub.slot,
+                    kind,
                     frame: frame.clone(),
                 })
             {
@@ -332,6 +527,27 @@ mod tests {
         (conn, rx)
     }
 
+    #[derive(Default)]
+    struct CountingEvents(std::sync::Mutex<Vec<(RoomKey, bool)>>);
+
+    impl CountingEvents {
+        fn counts(&self) -> (usize, usize) {
+            let log = self.0.lock().unwrap();
+            let created = log.iter().filter(|(_, c)| *c).count();
+            (created, log.len() - created)
+        }
+    }
+
+    impl RoomEvents for CountingEvents {
+        fn room_created(&self, room: &RoomKey) {
+            self.0.lock().unwrap().push((room.clone(), true));
+        }
+
+        fn room_emptied(&self, room: &RoomKey) {
+            self.0.lock().unwrap().push((room.clone(), false));
+        }
+    }
+
     fn frame(rx: &mut Receiver<Outbound>) -> Option<Frame> {
         match rx.try_recv() {
             Ok(Outbound::Fanout { frame, .. }) => Some(frame),
@@ -404,7 +620,8 @@ mod tests {
         let (conn, mut public) = join(&hub, key(false), Vsn::V2, 1);
         let (_, mut private) = join(&hub, key(true), Vsn::V2, 1);
         let json = FanoutMessage::Json {
-            event: "broadcast",
+            kind: FanoutKind::Broadcast,
+            event: "broadcast".into(),
             payload: r#"{"type":"broadcast"}"#.into(),
         };
         assert_eq!(hub.publish(&key(true), &json, None), 1);
@@ -422,6 +639,53 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_and_unsubscribe_report_rooms_created_and_emptied() {
+        let hub = Hub::default();
+        let events = Arc::new(CountingEvents::default());
+        assert!(hub.set_room_events(events.clone()));
+        assert!(
+            !hub.set_room_events(Arc::new(CountingEvents::default())),
+            "one sink"
+        );
+        let sub = |conn| Subscriber {
+            conn,
+            slot: 1,
+            vsn: Vsn::V2,
+            outbox: outbox(4).0,
+        };
+        let (a, b) = (ConnId::next(), ConnId::next());
+        assert!(
+            hub.subscribe(key(false), sub(a)),
+            "first subscriber creates the room"
+        );
+        assert!(!hub.subscribe(key(false), sub(b)));
+        assert!(
+            hub.subscribe(key(true), sub(a)),
+            "the private room is another room"
+        );
+        assert!(!hub.unsubscribe(&key(false), a, 1));
+        assert!(
+            !hub.unsubscribe(&key(false), a, 1),
+            "already gone: nothing to report"
+        );
+        assert!(
+            hub.unsubscribe(&key(false), b, 1),
+            "last leave empties the room"
+        );
+        assert!(!hub.unsubscribe(&key(false), b, 1));
+        assert!(hub.subscribe(key(false), sub(a)), "created again");
+        assert_eq!(
+            *events.0.lock().unwrap(),
+            vec![
+                (key(false), true),
+                (key(true), true),
+                (key(false), false),
+                (key(false), true)
+            ]
+        );
+    }
+
+    #[test]
     fn tenant_connections_register_and_unregister() {
         let hub = Hub::new();
         let (outbox, mut rx, _) = outbox(4);
@@ -432,5 +696,79 @@ mod tests {
         drop(reg);
         assert_eq!(hub.connection_count(&TenantId::from("t1")), 0);
         assert_eq!(hub.disconnect_tenant(&TenantId::from("t1")), 0);
+    }
+
+    /// Joins and leaves two rooms from many OS threads in a tight loop: every channel that
+    /// `subscribe` returned for must be in the room a publish finds, and the channels still
+    /// subscribed at the end get a publish. Before rooms were closed under their own lock, a
+    /// last leave could drop the room between the map lookup and the push, and the joining
+    /// channel received nothing, ever.
+    #[test]
+    fn concurrent_joins_and_leaves_never_strand_a_subscriber() {
+        const THREADS: usize = 8;
+        const ROUNDS: usize = 20_000;
+        let hub = Hub::default();
+        let events = Arc::new(CountingEvents::default());
+        assert!(hub.set_room_events(events.clone()));
+        let stranded = std::sync::atomic::AtomicUsize::new(0);
+        let kept: Vec<(ConnId, Receiver<Outbound>)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (hub, stranded) = (&hub, &stranded);
+                    s.spawn(move || {
+                        let room = key(t % 2 == 0);
+                        let mut last = None;
+                        for round in 0..ROUNDS {
+                            let (outbox, rx, _) = outbox(4);
+                            let conn = ConnId::next();
+                            hub.subscribe(
+                                room.clone(),
+                                Subscriber {
+                                    conn,
+                                    slot: 1,
+                                    vsn: Vsn::V1,
+                                    outbox,
+                                },
+                            );
+                            if !hub.reaches(&room, conn, 1) {
+                                stranded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            if round + 1 == ROUNDS {
+                                last = Some((conn, rx));
+                            } else {
+                                hub.unsubscribe(&room, conn, 1);
+                            }
+                        }
+                        last.expect("the last round keeps its channel")
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        assert_eq!(
+            stranded.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "subscribed channels a publish did not reach"
+        );
+        let ping = FanoutMessage::Json {
+            kind: FanoutKind::Broadcast,
+            event: "broadcast".into(),
+            payload: "{}".into(),
+        };
+        assert_eq!(
+            hub.publish(&key(false), &ping, None) + hub.publish(&key(true), &ping, None),
+            THREADS,
+            "every kept channel is reachable"
+        );
+        for (_, mut rx) in kept {
+            assert!(matches!(rx.try_recv(), Ok(Outbound::Fanout { .. })));
+        }
+        assert_eq!(hub.room_count(), 2);
+        // Creations and emptyings alternate per room, so the counts differ by the rooms left.
+        let (created, emptied) = events.counts();
+        assert_eq!(created - emptied, 2);
     }
 }

@@ -43,11 +43,13 @@ pub type ChannelSlot = u32;
 /// Something for a connection to do, queued by other tasks.
 #[derive(Clone, Debug)]
 pub enum Outbound {
-    /// A fan-out frame for the channel in `slot` (dropped if that channel is gone); counts
-    /// towards the tenant's events-per-second limit.
+    /// A fan-out frame for the channel in `slot` (dropped if that channel is gone); `kind`
+    /// says whether it checks the tenant's events-per-second limit.
     Fanout {
         /// The receiving channel.
         slot: ChannelSlot,
+        /// What the message is, for the limits.
+        kind: super::FanoutKind,
         /// The frame.
         frame: Frame,
     },

@@ -23,14 +23,16 @@ use base64::Engine;
 
 use crate::types::NodeId;
 
-/// One node's replica: the node and the incarnation (start) it belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReplicaId {
-    /// The node.
-    pub node: NodeId,
-    /// Grows with every start of the node; entries of older incarnations are dead.
-    pub incarnation: u64,
-}
+mod wire;
+
+pub use wire::{
+    InvalidDelta, MAX_CLOUD, MAX_COUNTER, MAX_KEY_BYTES, MAX_META_BYTES, MAX_NAME_BYTES,
+    MAX_REPLICAS, WireRoom, check_name as wire_check_name,
+};
+
+/// One node's replica: the node and the incarnation (start) it belongs to; entries of older
+/// incarnations are dead. The same type membership uses to name a node's run.
+pub type ReplicaId = crate::types::NodeIncarnation;
 
 /// One operation of a replica: the identity of the entry it created (its per-track ref).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1086,5 +1088,181 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    // ---- wire form ------------------------------------------------------------------------
+
+    impl WireRoom for u8 {
+        fn to_wire(&self) -> realtime_proto::presence::Room {
+            realtime_proto::presence::Room {
+                tenant: "t".into(),
+                private: false,
+                sub_topic: self.to_string(),
+            }
+        }
+
+        fn from_wire(room: &realtime_proto::presence::Room) -> Result<u8, InvalidDelta> {
+            room.sub_topic
+                .parse()
+                .map_err(|_| InvalidDelta::BadRoom("not a test room"))
+        }
+    }
+
+    fn through_the_wire(delta: &Delta<u8>) -> Result<Delta<u8>, String> {
+        let bytes = realtime_proto::encode(&delta.to_wire()).map_err(|e| e.to_string())?;
+        let wire: realtime_proto::presence::PresenceDelta =
+            realtime_proto::decode(&bytes).map_err(|e| e.to_string())?;
+        Delta::from_wire(&wire).map_err(|e| e.to_string())
+    }
+
+    fn decode_untrusted(bytes: &[u8]) {
+        if let Ok(wire) = realtime_proto::decode::<realtime_proto::presence::PresenceDelta>(bytes)
+            && let Ok(delta) = Delta::<u8>::from_wire(&wire)
+        {
+            // Whatever passed validation merges without tripping an invariant.
+            let mut state = State::new(&replica("me", 1));
+            state.apply(&delta);
+            let mut value = delta.clone();
+            value.join(&delta);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Every delta a real history produces (operations, joins of them, whole states,
+        /// anti-entropy answers) survives encode → decode → validate unchanged.
+        #[test]
+        fn deltas_round_trip_through_the_wire(
+            ops in prop::collection::vec(op(), 1..40),
+            seed in any::<u64>(),
+        ) {
+            let (nodes, sent) = run(&ops);
+            let mut rng = Rng(seed);
+            let mut values: Vec<Delta<u8>> = sent.iter().map(|(_, d)| d.clone()).collect();
+            values.push(some_join(&sent, &mut rng));
+            for n in &nodes {
+                values.push(n.state.lattice().clone());
+                for other in &nodes {
+                    values.extend(n.state.delta_for(&other.state.digest()));
+                }
+            }
+            for value in &values {
+                prop_assert_eq!(&through_the_wire(value).map_err(TestCaseError::fail)?, value);
+            }
+        }
+
+        /// Arbitrary bytes never panic the decoder, the validation or a merge of what passed.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            decode_untrusted(&bytes);
+        }
+
+        /// Real encodings with a few bytes changed never panic either (they get past the
+        /// decoder far more often than random bytes).
+        #[test]
+        fn corrupted_encodings_never_panic(
+            ops in prop::collection::vec(op(), 1..12),
+            edits in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let (nodes, _) = run(&ops);
+            let mut bytes = realtime_proto::encode(&nodes[0].state.lattice().to_wire())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            for (at, byte) in edits {
+                let i = at % bytes.len();
+                bytes[i] = byte;
+            }
+            decode_untrusted(&bytes);
+        }
+    }
+
+    fn one_track() -> realtime_proto::presence::PresenceDelta {
+        let a = replica("a", 7);
+        let mut state = State::new(&a);
+        state.add(&a, 1, "k".into(), "{}".into());
+        state
+            .add(&a, 2, "k".into(), r#"{"x":1}"#.into())
+            .delta
+            .to_wire()
+    }
+
+    #[test]
+    fn crafted_invalid_deltas_are_refused_with_the_broken_invariant() {
+        let refuse = |w: &realtime_proto::presence::PresenceDelta| {
+            Delta::<u8>::from_wire(w).expect_err("refused")
+        };
+        let good = one_track();
+        assert!(Delta::<u8>::from_wire(&good).is_ok());
+
+        let mut w = good.clone();
+        w.replicas[0].entries[0].counter = 9;
+        assert_eq!(
+            refuse(&w),
+            InvalidDelta::EntryOutsideContext {
+                replica: "a@7".into(),
+                counter: 9
+            }
+        );
+        assert_eq!(
+            refuse(&w).to_string(),
+            "replica a@7: entry 9 is outside its context"
+        );
+
+        let mut w = good.clone();
+        w.floors[0].1 = 8;
+        assert!(matches!(
+            refuse(&w),
+            InvalidDelta::BelowFloor { floor: Some(8), .. }
+        ));
+        w.floors.clear();
+        assert!(matches!(
+            refuse(&w),
+            InvalidDelta::BelowFloor { floor: None, .. }
+        ));
+
+        let mut w = good.clone();
+        w.replicas[0].context.cloud = vec![3];
+        w.replicas[0].context.max = 2;
+        assert!(matches!(refuse(&w), InvalidDelta::BadContext { .. }));
+
+        let mut w = good.clone();
+        w.replicas[0].ops.cloud = vec![5];
+        assert!(matches!(
+            refuse(&w),
+            InvalidDelta::OpOutsideContext { counter: 5, .. }
+        ));
+
+        let mut w = good.clone();
+        w.replicas[0].entries[0].meta = r#"{ "x": 1 }"#.into();
+        assert!(matches!(refuse(&w), InvalidDelta::BadMeta { .. }));
+        w.replicas[0].entries[0].meta = r#"{"phx_ref":"x"}"#.into();
+        assert!(matches!(refuse(&w), InvalidDelta::BadMeta { .. }));
+
+        let mut w = good.clone();
+        w.replicas[0].entries[0].prev = Some(2);
+        assert!(matches!(refuse(&w), InvalidDelta::BadPrev { .. }));
+
+        let mut w = good.clone();
+        w.replicas[0].entries[0].room = 3;
+        assert!(matches!(
+            refuse(&w),
+            InvalidDelta::NoSuchRoom { index: 3, .. }
+        ));
+
+        let mut w = good.clone();
+        w.replicas[0].incarnation = u64::MAX;
+        w.floors[0].1 = u64::MAX;
+        assert!(matches!(refuse(&w), InvalidDelta::OutOfRange { .. }));
+
+        let mut w = good.clone();
+        w.replicas.push(w.replicas[0].clone());
+        assert_eq!(refuse(&w), InvalidDelta::Unsorted { what: "replicas" });
+
+        let mut bytes = realtime_proto::encode(&good).expect("encodes");
+        bytes.push(0);
+        assert!(matches!(
+            realtime_proto::decode::<realtime_proto::presence::PresenceDelta>(&bytes),
+            Err(realtime_proto::DecodeError::Trailing(1))
+        ));
     }
 }

@@ -21,15 +21,75 @@ use std::time::Instant;
 
 use serde_json::{Map, Value};
 
-use crate::hub::{ChannelSlot, FanoutMessage, Hub, RoomKey};
+use crate::hub::{ChannelSlot, FanoutKind, FanoutMessage, Hub, RoomKey};
 use crate::limits::{FixedWindow, Limits};
 use crate::phoenix;
 use crate::tenants::TenantLimits;
-use crate::types::ConnId;
-use crdt::{Change, Changes, Digest, Dot, Entry, ReplicaId, State};
+use crate::types::{ConnId, TenantId};
+use crdt::{Change, Changes, Digest, Dot, Entry, InvalidDelta, ReplicaId, State};
 
 /// A presence delta as it travels between nodes.
 pub type PresenceDelta = crdt::Delta<RoomKey>;
+
+impl crdt::WireRoom for RoomKey {
+    fn to_wire(&self) -> realtime_proto::presence::Room {
+        realtime_proto::presence::Room {
+            tenant: self.tenant.as_str().to_owned(),
+            private: self.private,
+            sub_topic: self.sub_topic.to_string(),
+        }
+    }
+
+    fn from_wire(room: &realtime_proto::presence::Room) -> Result<RoomKey, InvalidDelta> {
+        crdt::wire_check_name("tenant", &room.tenant)?;
+        if room.sub_topic.len() > crdt::MAX_NAME_BYTES {
+            return Err(InvalidDelta::BadRoom("room name too long"));
+        }
+        Ok(RoomKey {
+            tenant: TenantId::new(room.tenant.as_str()),
+            private: room.private,
+            sub_topic: Arc::from(room.sub_topic.as_str()),
+        })
+    }
+}
+
+/// Why a peer's presence delta bytes were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaWireError {
+    /// The bytes are not an encoded delta.
+    #[error("undecodable presence delta: {0}")]
+    Decode(#[from] realtime_proto::DecodeError),
+    /// The delta breaks an invariant.
+    #[error("invalid presence delta: {0}")]
+    Invalid(#[from] InvalidDelta),
+}
+
+impl crate::error::OperationalError for DeltaWireError {
+    fn code(&self) -> crate::error::ErrorCode {
+        crate::error::ErrorCode::InvalidPeerMessage
+    }
+
+    fn client_message(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Encodes a delta for peers (`realtime_proto::presence::PresenceDelta`, bincode).
+///
+/// # Errors
+/// Only when the delta exceeds [`realtime_proto::MAX_MESSAGE_BYTES`].
+pub fn encode_delta(delta: &PresenceDelta) -> Result<Vec<u8>, realtime_proto::EncodeError> {
+    realtime_proto::encode(&delta.to_wire())
+}
+
+/// Decodes and validates a delta a peer sent; never panics, whatever the bytes.
+///
+/// # Errors
+/// [`DeltaWireError`] for bytes that are not a delta or a delta that breaks an invariant.
+pub fn decode_delta(bytes: &[u8]) -> Result<PresenceDelta, DeltaWireError> {
+    let wire: realtime_proto::presence::PresenceDelta = realtime_proto::decode(bytes)?;
+    Ok(PresenceDelta::from_wire(&wire)?)
+}
 
 /// Sends this node's presence deltas to the other nodes of the cluster.
 pub trait PresenceReplication: Send + Sync + 'static {
@@ -225,7 +285,8 @@ impl Presence {
                 let delivered = self.hub.publish(
                     &room,
                     &FanoutMessage::Json {
-                        event: phoenix::EVENT_PRESENCE_DIFF,
+                        kind: FanoutKind::Presence,
+                        event: phoenix::EVENT_PRESENCE_DIFF.into(),
                         payload: payload.clone(),
                     },
                     None,
@@ -608,5 +669,42 @@ mod tests {
         let back = a.delta_for(&b.digest()).expect("the new incarnation");
         b.merge_from_peer(&back);
         assert_eq!(a.state(&room()), b.state(&room()));
+    }
+
+    #[test]
+    fn deltas_cross_the_wire_and_bad_bytes_are_refused() {
+        let (hub_a, a, sent_a) = tracker("a");
+        let (hub_b, b, _) = tracker("b");
+        let (_, mut rx_b) = subscribe(&hub_b);
+        let (conn, _rx_a) = subscribe(&hub_a);
+        a.track(
+            &room(),
+            "alice",
+            &meta(serde_json::json!({"n": 1})),
+            conn,
+            1,
+        );
+        let delta = sent_a.0.lock().unwrap()[0].clone();
+        let bytes = encode_delta(&delta).expect("encodes");
+        let decoded = decode_delta(&bytes).expect("a valid delta");
+        assert_eq!(decoded, delta);
+        assert_eq!(b.merge_from_peer(&decoded), 1);
+        assert!(next_json(&mut rx_b)[4]["joins"]["alice"].is_object());
+        assert!(matches!(
+            decode_delta(&bytes[..bytes.len() - 1]),
+            Err(DeltaWireError::Decode(_))
+        ));
+        let mut wire = delta.to_wire();
+        wire.rooms[0].tenant.clear();
+        let bytes = realtime_proto::encode(&wire).expect("encodes");
+        let err = decode_delta(&bytes).expect_err("an empty tenant is refused");
+        assert!(matches!(
+            err,
+            DeltaWireError::Invalid(InvalidDelta::BadLength { what: "tenant", .. })
+        ));
+        assert_eq!(
+            crate::error::OperationalError::code(&err),
+            crate::error::ErrorCode::InvalidPeerMessage
+        );
     }
 }

@@ -100,7 +100,7 @@ pub(super) async fn run_socket(params: SocketParams) {
                 let mut handled = 0;
                 while let Some(item) = next.take() {
                     match item {
-                        Outbound::Fanout { slot, frame } => session.fanout(slot, frame, &mut out),
+                        Outbound::Fanout { slot, kind, frame } => session.fanout(slot, kind, frame, &mut out),
                         Outbound::Direct(frame) => out.push(frame),
                         Outbound::TenantUpdated(tenant) => session.tenant_updated(tenant),
                         Outbound::TenantDisconnect => {
