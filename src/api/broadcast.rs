@@ -1,7 +1,7 @@
 //! The HTTP broadcast endpoints (PROTOCOL.md 4.5): `POST /api/broadcast` (batch of JSON
 //! messages) and `POST /api/broadcast/{topic}/events/{event}` (one payload, JSON or bytes),
-//! both with open CORS (preflight answered here), tenant from Host, a tenant rate check and
-//! client-JWT auth. Publishing goes through `broadcast::Broadcaster`, like client pushes.
+//! both with open CORS (preflight answered here, see [`cors`]), tenant from Host, a tenant rate
+//! check and client-JWT auth. Publishing goes through `broadcast::Broadcaster`, like client pushes.
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Map, Value, json};
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
 use super::ApiError;
 use crate::auth::{TenantKeys, verify_client_token};
@@ -46,17 +46,27 @@ pub fn broadcast_routes(api: Arc<BroadcastApi>) -> Router {
     let routes = Router::new()
         .route("/api/broadcast", post(batch))
         .route("/api/broadcast/{topic}/events/{event}", post(single));
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::POST, Method::OPTIONS])
-        .allow_headers(Any)
-        .max_age(std::time::Duration::from_secs(86_400));
     Router::new()
         .merge(routes.clone())
         .nest(super::PATH_PREFIX, routes)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(cors)
+        .layer(cors())
         .with_state(api)
+}
+
+/// CORS of the broadcast endpoints: any origin, `POST`, and every header the preflight asks for.
+///
+/// The allowed headers mirror `Access-Control-Request-Headers` instead of answering `*`: the
+/// Fetch standard never lets `*` cover `Authorization`, which realtime-js sends on `httpSend()`
+/// and on the REST fallback of `send()`, and supabase-js adds `x-client-info`, trace headers and
+/// the application's own `global.headers`, so no fixed list fits every client. No credentials
+/// mode is allowed, so mirroring grants a page nothing beyond the headers its script sets itself.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(std::time::Duration::from_secs(86_400))
 }
 
 /// The tenant, its counters and the rolling rate, once the shared checks passed.
