@@ -26,6 +26,7 @@ pub mod error;
 pub mod hub;
 pub mod limits;
 pub mod phoenix;
+pub(crate) mod postgres_changes;
 pub mod presence;
 pub mod tasks;
 pub mod telemetry;
