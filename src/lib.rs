@@ -14,22 +14,22 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
 
-pub mod api;
+pub(crate) mod api;
 pub mod app;
-pub mod auth;
-pub mod broadcast;
-pub mod channel;
-pub mod close_code;
+pub(crate) mod auth;
+pub(crate) mod broadcast;
+pub(crate) mod channel;
+pub(crate) mod close_code;
 pub mod config;
 pub mod db;
 pub mod error;
-pub mod hub;
-pub mod limits;
-pub mod phoenix;
+pub(crate) mod hub;
+pub(crate) mod limits;
+pub(crate) mod phoenix;
 pub(crate) mod postgres_changes;
-pub mod presence;
-pub mod tasks;
-pub mod telemetry;
+pub(crate) mod presence;
+pub(crate) mod tasks;
+pub(crate) mod telemetry;
 pub mod tenants;
-pub mod transport;
+pub(crate) mod transport;
 pub mod types;

@@ -61,22 +61,20 @@ impl Owner {
         self.token.cancelled()
     }
 
-    /// Returns a token that is cancelled with the owner (for futures that outlive a borrow).
-    pub fn token(&self) -> CancellationToken {
-        self.token.clone()
-    }
-
     /// Returns true once the owner was cancelled.
+    #[cfg(test)]
     pub fn is_cancelled(&self) -> bool {
         self.token.is_cancelled()
     }
 
     /// Returns the number of live tasks and tracked futures.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.tracker.len()
     }
 
     /// Returns true when nothing the owner tracks is running.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.tracker.is_empty()
     }

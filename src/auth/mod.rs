@@ -8,5 +8,5 @@
 mod api_token;
 mod client_token;
 
-pub use api_token::{AuthError, Claims as ApiClaims, self_test, verify_api_token};
+pub use api_token::{self_test, verify_api_token};
 pub use client_token::{Claims, TenantKeys, TokenError, verify_client_token};

@@ -17,6 +17,4 @@ mod error;
 mod join;
 mod session;
 
-pub use error::{JoinError, ShutdownReason};
-pub use join::{JoinConfig, ReplayConfig, join_reply_response, postgres_changes_id};
-pub use session::{AdmittedSocket, ChannelContext, PreparedJoin, Session, SessionControl};
+pub use session::{AdmittedSocket, ChannelContext, Session, SessionControl};

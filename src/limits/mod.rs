@@ -102,6 +102,7 @@ impl Limits {
     }
 
     /// Returns the number of tenants with counters.
+    #[cfg(test)]
     pub fn tenant_count(&self) -> usize {
         lock(&self.tenants).len()
     }
@@ -142,6 +143,7 @@ impl Limits {
     ///
     /// # Errors
     /// [`LimitExceeded::Joins`] while the joins counter is tripped.
+    #[cfg(test)]
     pub fn check_join(
         &self,
         tenant: &TenantId,
@@ -155,6 +157,7 @@ impl Limits {
     ///
     /// # Errors
     /// [`LimitExceeded::PresenceEvents`] while the average is above the limit.
+    #[cfg(test)]
     pub fn check_presence_event(
         &self,
         tenant: &TenantId,
@@ -169,6 +172,7 @@ impl Limits {
     ///
     /// # Errors
     /// [`LimitExceeded::HttpRequests`] while the requests counter is tripped.
+    #[cfg(test)]
     pub fn check_http_request(
         &self,
         tenant: &TenantId,
@@ -314,6 +318,7 @@ impl TenantLimiter {
     ///
     /// # Errors
     /// [`LimitExceeded::Joins`] while `avg >= max_joins_per_second`.
+    #[cfg(test)]
     pub fn check_join(&self, limits: &TenantLimits, now: Instant) -> Result<(), LimitExceeded> {
         let limit = limits.max_joins_per_second;
         let mut joins = lock(&self.counters.joins);
@@ -415,6 +420,13 @@ impl TenantLimiter {
     }
 
     /// Counts `n` Postgres changes read for the tenant.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "Postgres Changes step: counts and checks the changes delivered"
+        )
+    )]
     pub fn add_db_events(&self, n: u64, now: Instant) {
         lock(&self.counters.db_events).add(n, now);
     }
@@ -423,6 +435,13 @@ impl TenantLimiter {
     ///
     /// # Errors
     /// [`LimitExceeded::DbEvents`] while `avg >= max_events_per_second`.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "Postgres Changes step: counts and checks the changes delivered"
+        )
+    )]
     pub fn check_db_events(
         &self,
         limits: &TenantLimits,
@@ -484,6 +503,7 @@ impl TenantLimiter {
     }
 
     /// Returns the rolling averages, for metrics and the inspector.
+    #[cfg(test)]
     pub fn rates(&self, now: Instant) -> TenantRates {
         let avg = |counter: &Mutex<RateCounter>| lock(counter).avg(now);
         TenantRates {
@@ -512,6 +532,7 @@ impl TenantLimiter {
 }
 
 /// A tenant's rolling averages, in events per second.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TenantRates {
     /// Joins.
@@ -535,6 +556,7 @@ pub struct ConnectedUser {
 
 impl ConnectedUser {
     /// Returns the tenant's counters, so the socket can use them without a map lookup.
+    #[cfg(test)]
     pub fn limiter(&self) -> &TenantLimiter {
         &self.limiter
     }

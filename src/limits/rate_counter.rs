@@ -27,6 +27,7 @@ impl RateCounterConfig {
     };
 
     /// Returns the full window the average covers once warm: `period × buckets`.
+    #[cfg(test)]
     pub fn window(&self) -> Duration {
         // Saturate rather than overflow for absurd configurations.
         let buckets = u32::try_from(self.buckets.get()).unwrap_or(u32::MAX);
@@ -126,17 +127,20 @@ impl RateCounter {
     }
 
     /// Returns true when the average has reached `limit` (`avg >= limit`): the limit is tripped.
+    #[cfg(test)]
     pub fn exceeds(&mut self, limit: u32, now: Instant) -> bool {
         self.avg(now) >= f64::from(limit)
     }
 
     /// Returns the sum of the completed buckets (the original's `:sum` measurement).
+    #[cfg(test)]
     pub fn sum(&mut self, now: Instant) -> u64 {
         self.advance(now);
         u64::try_from(self.sum).unwrap_or(u64::MAX)
     }
 
     /// Returns the events counted in the running bucket, not yet part of the average.
+    #[cfg(test)]
     pub fn current(&mut self, now: Instant) -> u64 {
         self.advance(now);
         self.current

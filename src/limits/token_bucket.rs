@@ -66,6 +66,7 @@ impl TokenBucket {
     }
 
     /// Returns the whole tokens available at `now`.
+    #[cfg(test)]
     pub fn available(&mut self, now: Instant) -> u32 {
         self.refill(now);
         // level ≤ full = capacity × token_nanos, so the quotient fits u32.
@@ -73,6 +74,7 @@ impl TokenBucket {
     }
 
     /// Returns the capacity (the largest burst).
+    #[cfg(test)]
     pub fn capacity(&self) -> u32 {
         u32::try_from(self.full / self.token_nanos).unwrap_or(u32::MAX)
     }

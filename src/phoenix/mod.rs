@@ -11,10 +11,8 @@ mod decode;
 mod encode;
 mod payload;
 
-pub use decode::{DecodeError, decode_binary, decode_text};
-pub use encode::{
-    EncodeError, encode_message, encode_reply, encode_user_broadcast, user_broadcast_json,
-};
+pub use decode::{decode_binary, decode_text};
+pub use encode::{encode_message, encode_reply, encode_user_broadcast, user_broadcast_json};
 pub use payload::{
     EMPTY_OBJECT, PAYLOAD_SIZE_EXCEEDED_RESPONSE, SERVER_DISCONNECT_PAYLOAD, STATUS_ERROR,
     STATUS_OK, UNMATCHED_TOPIC_RESPONSE, join_ok_response, reason_response, system_error_payload,
@@ -30,8 +28,6 @@ pub const EVENT_LEAVE: &str = "phx_leave";
 pub const EVENT_REPLY: &str = "phx_reply";
 /// `phx_close`
 pub const EVENT_CLOSE: &str = "phx_close";
-/// `phx_error`
-pub const EVENT_ERROR: &str = "phx_error";
 /// `heartbeat` (on topic [`TOPIC_PHOENIX`])
 pub const EVENT_HEARTBEAT: &str = "heartbeat";
 /// `broadcast`
@@ -47,6 +43,10 @@ pub const EVENT_ACCESS_TOKEN: &str = "access_token";
 /// `system`
 pub const EVENT_SYSTEM: &str = "system";
 /// `postgres_changes`
+#[expect(
+    dead_code,
+    reason = "Postgres Changes step: the event of delivered changes"
+)]
 pub const EVENT_POSTGRES_CHANGES: &str = "postgres_changes";
 /// The socket-level topic of heartbeats.
 pub const TOPIC_PHOENIX: &str = "phoenix";

@@ -21,8 +21,7 @@ use crate::limits::Limits;
 use crate::tasks::Owner;
 use crate::types::TenantId;
 
-pub use error::HandshakeError;
-pub use sockets::{OpenSockets, SocketPermit};
+pub use sockets::OpenSockets;
 
 /// What the WebSocket edge needs.
 pub struct Transport {

@@ -38,6 +38,7 @@ pub fn pg() -> &'static Pg {
     PG.get_or_init(|| {
         let mut pg = Pg::start();
         pg.owned = false;
+        #[allow(unsafe_code, reason = "libc calls the standard library does not wrap; each block says why it is sound")]
         // SAFETY: registering a plain `extern "C" fn` with no captured state.
         unsafe { libc::atexit(stop_cluster_at_exit) };
         pg
@@ -61,6 +62,7 @@ extern "C" fn stop_cluster_at_exit() {
 }
 
 fn is_root() -> bool {
+    #[allow(unsafe_code, reason = "libc calls the standard library does not wrap; each block says why it is sound")]
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
