@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
-use crate::close_code::CloseCode;
 use crate::tenants::Tenant;
 
 /// A WebSocket frame ready to write, shared between every subscriber that gets it.
@@ -53,20 +52,11 @@ pub enum Outbound {
         /// The frame.
         frame: Frame,
     },
-    /// A frame to write as is (delayed join replies and other channel pushes).
-    Direct(Frame),
     /// Tell every channel `Server requested disconnect`, then close with 1012.
     TenantDisconnect,
     /// The tenant's record changed without needing a disconnect (limits, presence flag):
     /// use this one from now on.
     TenantUpdated(Arc<Tenant>),
-    /// Close the socket with this WebSocket close code and reason.
-    Close {
-        /// WebSocket close code.
-        code: CloseCode,
-        /// Close reason text.
-        reason: &'static str,
-    },
 }
 
 /// Signals shared between a connection's task and everyone holding its [`Outbox`].
@@ -151,7 +141,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_marks_the_connection_slow_and_drops() {
         let (out, mut rx, signals) = outbox(2);
-        let f = || Outbound::Direct(Frame::text("x".into()));
+        let f = || Outbound::TenantDisconnect;
         assert!(out.push(f()));
         assert!(out.push(f()));
         assert!(!signals.is_slow());

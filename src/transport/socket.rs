@@ -101,14 +101,9 @@ pub(super) async fn run_socket(params: SocketParams) {
                 while let Some(item) = next.take() {
                     match item {
                         Outbound::Fanout { slot, kind, frame } => session.fanout(slot, kind, frame, &mut out),
-                        Outbound::Direct(frame) => out.push(frame),
                         Outbound::TenantUpdated(tenant) => session.tenant_updated(tenant),
                         Outbound::TenantDisconnect => {
                             control = session.tenant_disconnect(&mut out);
-                            break;
-                        }
-                        Outbound::Close { code, reason } => {
-                            control = SessionControl::Close { code, reason };
                             break;
                         }
                     }

@@ -224,7 +224,7 @@ impl Node {
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("node log file"))
             .stderr(file);
-        #[allow(unsafe_code, reason = "libc calls the standard library does not wrap; each block says why it is sound")]
+        #[allow(unsafe_code, reason = "a libc call std does not wrap")]
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -282,9 +282,11 @@ impl Node {
     /// Sends SIGTERM (graceful shutdown) and waits up to `timeout` for the exit status; kills
     /// it after that.
     pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        #[allow(unsafe_code, reason = "libc calls the standard library does not wrap; each block says why it is sound")]
+        #[allow(unsafe_code, reason = "a libc call std does not wrap")]
         // SAFETY: kill has no memory preconditions; the pid is our unreaped child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM)
+        };
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the node") {

@@ -38,9 +38,11 @@ pub fn pg() -> &'static Pg {
     PG.get_or_init(|| {
         let mut pg = Pg::start();
         pg.owned = false;
-        #[allow(unsafe_code, reason = "libc calls the standard library does not wrap; each block says why it is sound")]
+        #[allow(unsafe_code, reason = "a libc call std does not wrap")]
         // SAFETY: registering a plain `extern "C" fn` with no captured state.
-        unsafe { libc::atexit(stop_cluster_at_exit) };
+        unsafe {
+            libc::atexit(stop_cluster_at_exit)
+        };
         pg
     })
 }
@@ -62,9 +64,11 @@ extern "C" fn stop_cluster_at_exit() {
 }
 
 fn is_root() -> bool {
-    #[allow(unsafe_code, reason = "libc calls the standard library does not wrap; each block says why it is sound")]
+    #[allow(unsafe_code, reason = "a libc call std does not wrap")]
     // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    unsafe {
+        libc::geteuid() == 0
+    }
 }
 
 /// Whether a user other than the owner can enter `dir` and each of its ancestors.
