@@ -7,3 +7,4 @@
 //! tenant database pools live in `db::tenant`.
 
 pub(crate) mod rls;
+pub(crate) mod payload;
