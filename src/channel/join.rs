@@ -1,7 +1,6 @@
 //! The `phx_join` payload: lenient parsing into a [`JoinConfig`] (PROTOCOL.md 3.2), and the
 //! `postgres_changes` echo of the join reply.
 
-use std::hash::{Hash, Hasher};
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -169,15 +168,56 @@ impl JoinConfig {
 }
 
 /// Returns the binding id of a `postgres_changes` entry: a positive integer (never 0, and safe
-/// as a JavaScript number) that is the same for identical entries.
+/// as a JavaScript number) that is the same for identical entries, on every node and in every
+/// release: FNV-1a (64 bit) of the entry's canonical JSON (object keys sorted, no spaces),
+/// reduced to 1..2^31-1.
 pub fn postgres_changes_id(entry: &RawValue) -> u64 {
-    // Hash the parsed value (object keys sorted), so key order and spacing do not matter.
-    let canonical = serde_json::from_str::<Value>(entry.get())
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| entry.get().to_string());
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    canonical.hash(&mut hasher);
-    hasher.finish() % ((1 << 31) - 1) + 1
+    let mut canonical = String::with_capacity(entry.get().len());
+    match serde_json::from_str::<Value>(entry.get()) {
+        Ok(value) => write_canonical(&mut canonical, &value),
+        Err(_) => canonical.push_str(entry.get()),
+    }
+    fnv1a64(canonical.as_bytes()) % ((1 << 31) - 1) + 1
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// Writes `value` as JSON with object keys in byte order, whatever order the map keeps.
+fn write_canonical(out: &mut String, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(out, &map[key]);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// Builds the join reply's `{"postgres_changes":[...]}`: each requested entry as sent, plus
@@ -266,5 +306,23 @@ mod tests {
         let c = RawValue::from_string(r#"{"event":"INSERT","schema":"public"}"#.into()).unwrap();
         assert_eq!(postgres_changes_id(&a), postgres_changes_id(&b));
         assert_ne!(postgres_changes_id(&a), postgres_changes_id(&c));
+    }
+
+    #[test]
+    fn ids_are_fixed_across_releases_and_nodes() {
+        // Pinned values: a node of another release must give the same ids (FNV-1a of the
+        // canonical JSON), or a client that reconnects elsewhere would miss its changes.
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        let entry =
+            RawValue::from_string(r#"{"table":"todos","schema":"public","event":"*"}"#.into()).unwrap();
+        let mut canonical = String::new();
+        write_canonical(&mut canonical, &serde_json::from_str(entry.get()).unwrap());
+        assert_eq!(canonical, r#"{"event":"*","schema":"public","table":"todos"}"#);
+        assert_eq!(
+            postgres_changes_id(&entry),
+            fnv1a64(canonical.as_bytes()) % ((1 << 31) - 1) + 1
+        );
+        assert_eq!(postgres_changes_id(&entry), 223_825_877);
     }
 }

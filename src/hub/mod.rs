@@ -112,6 +112,9 @@ pub enum FanoutKind {
     /// A `presence_diff`: counted in the presence counter only, never shuts a channel down
     /// for the events limit.
     Presence,
+    /// A `postgres_changes` delivery: never trips the broadcast events limit (PROTOCOL.md
+    /// 12.2); the change stream has its own accounting.
+    PostgresChanges,
 }
 
 impl FanoutKind {

@@ -60,7 +60,7 @@ begin
       perform pg_catalog.set_config('request.jwt.claim.role', chk->>'role', true);
       return query execute probe using chk->'keys', idx;
     exception when others then
-      return query select idx, null::text[], sqlerrm;
+      return query select idx, null::text[], sqlstate || ' ' || sqlerrm;
     end;
   end loop;
 end
@@ -84,7 +84,12 @@ pub(crate) enum Visibility {
     /// These keys (text form, `key_columns` order) are visible.
     Visible(HashSet<Vec<String>>),
     /// The check failed for this set only (its subscribers get an error).
-    Failed(String),
+    Failed {
+        /// The SQLSTATE (`42501`: the role may not read the table).
+        sqlstate: String,
+        /// The Postgres message.
+        message: String,
+    },
 }
 
 impl Visibility {
@@ -94,7 +99,7 @@ impl Visibility {
             Visibility::Visible(keys) => keys
                 .iter()
                 .any(|k| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| a == b)),
-            Visibility::Failed(_) => false,
+            Visibility::Failed { .. } => false,
         }
     }
 }
@@ -147,7 +152,11 @@ pub(crate) async fn visible_rows<C: GenericClient>(
             continue;
         };
         if let Some(error) = row.get::<_, Option<String>>(2) {
-            *slot = Visibility::Failed(error);
+            let (sqlstate, message) = error.split_once(' ').unwrap_or(("XX000", &error));
+            *slot = Visibility::Failed {
+                sqlstate: sqlstate.to_string(),
+                message: message.to_string(),
+            };
         } else if let (Visibility::Visible(keys), Some(values)) =
             (&mut *slot, row.get::<_, Option<Vec<Option<String>>>>(1))
         {
@@ -264,8 +273,11 @@ mod tests {
         assert!(out[0].sees(&[A, "1"]) && out[0].sees(&[A, "2"]));
         assert!(!out[0].sees(&[B, "1"]));
         assert!(out[1].sees(&[B, "1"]) && !out[1].sees(&[A, "1"]) && !out[1].sees(&[B, "9"]));
-        assert!(matches!(&out[2], Visibility::Failed(e) if e.contains("permission denied")));
-        assert!(matches!(&out[3], Visibility::Failed(e) if e.contains("no_such_role")));
+        assert!(
+            matches!(&out[2], Visibility::Failed { sqlstate, message }
+                if sqlstate == "42501" && message.contains("permission denied"))
+        );
+        assert!(matches!(&out[3], Visibility::Failed { message, .. } if message.contains("no_such_role")));
         // The session is back to its own role afterwards.
         let user: String = client
             .query_one("select current_user::text", &[])
@@ -292,7 +304,7 @@ mod tests {
             },
         ];
         let out = visible_rows(&client, rel, &["id"], &checks).await.unwrap();
-        assert!(matches!(&out[0], Visibility::Failed(e) if e.contains("policy exploded")));
+        assert!(matches!(&out[0], Visibility::Failed { message, .. } if message.contains("policy exploded")));
         assert!(out[1].sees(&["1"]) && out[1].sees(&["2"]) && !out[1].sees(&["3"]));
     }
 
@@ -307,7 +319,9 @@ mod tests {
         }];
         let out = visible_rows(&client, rel, &["id"], &checks).await.unwrap();
         // The bad key fails the cast: the whole set reports it, nothing runs.
-        assert!(matches!(&out[0], Visibility::Failed(e) if e.contains("invalid input syntax")));
+        assert!(
+            matches!(&out[0], Visibility::Failed { message, .. } if message.contains("invalid input syntax"))
+        );
         let still_there: i64 = client
             .query_one("select count(*) from public.boom", &[])
             .await
