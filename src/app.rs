@@ -1,7 +1,8 @@
 //! Wiring: builds every subsystem from `Config`, starts them in order and owns shutdown.
 //!
 //! Start-up order: configuration → logging → JWT self-test → metadata DB pool and migrations →
-//! tenant registry → self-host seed → HTTP listener. Any failure before the listener runs ends
+//! tenant registry → self-host seed → tenant database pools (opened on first use) → HTTP
+//! listener. Any failure before the listener runs ends
 //! the process with a clear message and a non-zero exit code.
 
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use crate::api::{self, ApiState};
 use crate::broadcast::{Broadcaster, NoPeers};
 use crate::channel::ChannelContext;
 use crate::config::Config;
-use crate::db::Db;
+use crate::db::{Db, TenantDbs};
 use crate::hub::Hub;
 use crate::limits::{Limits, LimitsConfig};
 use crate::presence::{NoReplication, Presence};
@@ -81,6 +82,8 @@ pub struct RunningApp {
     local_addr: SocketAddr,
     tenants: Tenants,
     db: Db,
+    /// Tenant database pools (Postgres Changes); closed after the sockets and the HTTP server.
+    tenant_dbs: TenantDbs,
     hub: Arc<Hub>,
     transport: Arc<Transport>,
     draining: Arc<AtomicBool>,
@@ -107,6 +110,11 @@ impl RunningApp {
         &self.tenants
     }
 
+    /// Returns the tenant database pools of this node.
+    pub fn tenant_dbs(&self) -> &TenantDbs {
+        &self.tenant_dbs
+    }
+
     /// Returns this node's hub (rooms and connections).
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
@@ -115,7 +123,7 @@ impl RunningApp {
     /// Stops the node in the order of docs/ARCHITECTURE.md ("Shutdown order"): stop accepting,
     /// mark the node not ready (joins refused with `RealtimeRestarting`), close every socket with
     /// 1001 after its channels' frames, stop background tasks, let in-flight HTTP requests finish,
-    /// then close the metadata pool. The cluster steps (leave the cluster, release owned
+    /// close the tenant database pools, then close the metadata pool. The cluster steps (leave the cluster, release owned
     /// streams, close the bus) slot in between as their subsystems arrive.
     ///
     /// # Errors
@@ -140,6 +148,10 @@ impl RunningApp {
             tracing::warn!("background tasks still running after the grace period");
         }
         let server_stopped = self.server.shutdown(TASK_GRACE).await;
+        // 5. Tenant database pools: nothing uses them once sockets and requests are done.
+        if !self.tenant_dbs.shutdown(TASK_GRACE).await {
+            tracing::warn!("tenant database tasks still running after the grace period");
+        }
         self.owner.shutdown(TASK_GRACE).await;
         self.db.close();
         if !server_stopped {
@@ -181,6 +193,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         .await
         .context("seeding the self-host tenant")?;
 
+    let owner = Owner::new();
+    // Pools open on first use; a change of a tenant closes its pool.
+    let tenant_dbs =
+        TenantDbs::with_owner(tenants.clone(), config.tenant_db.clone(), owner.child())
+            .context("tenant database pools")?;
+
     let fallback_tenant = config.tenants.fallback_tenant.clone();
     let state = ApiState {
         fallback_tenant: fallback_tenant.clone(),
@@ -202,7 +220,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         node.clone(),
     ));
     let draining = Arc::new(AtomicBool::new(false));
-    let owner = Owner::new();
     let channels = Arc::new(ChannelContext {
         tenants: tenants.clone(),
         hub: hub.clone(),
@@ -279,6 +296,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         local_addr,
         tenants,
         db,
+        tenant_dbs,
         hub,
         transport,
         draining,

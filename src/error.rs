@@ -84,10 +84,11 @@ error_codes! {
     WarnSendingBroadcastMessage,
     PayloadSizeExceeded,
     SlowConsumer,
-    // Server internals: metadata database, migrations, encryption, cluster.
+    // Server internals: metadata database, migrations, tenant database, encryption, cluster.
     MetadataDatabaseError,
     MigrationsFailed,
     TenantMigrationsFailed,
+    TenantDatabaseError,
     EncryptionError,
     DecryptionError,
     InvalidConfiguration,

@@ -6,7 +6,8 @@
 //! holds the settings of one consumer and parses exactly its variables: `http` (listener, `app`
 //! and the HTTP edges), `db` (metadata connections), `api` (management API, JWT checks),
 //! `tenants` (registry, cache, routing fallback, encryption, seed), `limits` (tenant limit
-//! defaults), `channel` (join pipeline), `transport` (WebSocket edge), `janitor`, `cluster`.
+//! defaults), `tenant_db` (tenant database pools), `channel` (join pipeline), `transport`
+//! (WebSocket edge), `janitor`, `cluster`.
 //! Every value is parsed into a real type at start-up, and a bad value stops start-up with an
 //! error that names the variable and what is wrong with it. Secrets never appear in `Debug`
 //! output or in error messages. Nothing outside this directory reads the environment.
@@ -18,6 +19,7 @@ mod db;
 mod http;
 mod janitor;
 mod limits;
+mod tenant_db;
 mod tenants;
 mod transport;
 mod vars;
@@ -33,6 +35,7 @@ pub use db::{DbConfig, IpVersion};
 pub use http::HttpConfig;
 pub use janitor::JanitorConfig;
 pub use limits::LimitDefaults;
+pub use tenant_db::TenantDbConfig;
 pub use tenants::{EncryptionConfig, SeedConfig, TenantsConfig};
 pub use transport::TransportConfig;
 
@@ -175,6 +178,8 @@ pub struct Config {
     pub tenants: TenantsConfig,
     /// Defaults of tenant limits.
     pub limits: LimitDefaults,
+    /// Tenant database connections (Postgres Changes).
+    pub tenant_db: TenantDbConfig,
     /// Self-host seed.
     pub seed: SeedConfig,
     /// Channel sessions.
@@ -234,6 +239,7 @@ impl Config {
         let encryption = EncryptionConfig::parse(&env)?;
         let api = ApiConfig::parse(&env)?;
         let limits = LimitDefaults::parse(&env)?;
+        let tenant_db = TenantDbConfig::parse(&env)?;
         let seed = SeedConfig::parse(&env)?;
         let tenants = TenantsConfig::parse(&env, &seed)?;
         let channel = ChannelConfig::parse(&env)?;
@@ -255,6 +261,7 @@ impl Config {
             api,
             tenants,
             limits,
+            tenant_db,
             seed,
             channel,
             transport,
@@ -340,6 +347,8 @@ mod tests {
         assert_eq!(c.metrics_cleaner_schedule_timer, Duration::from_secs(1800));
         assert_eq!(c.log_level, LogLevel::Info);
         assert!(c.api.jwt_claim_validators.is_empty());
+        assert_eq!(c.tenant_db, TenantDbConfig::default());
+        assert_eq!(c.tenant_db.pool_size, 2);
     }
 
     #[test]
@@ -355,6 +364,17 @@ mod tests {
         assert!(err.to_string().contains("greater than zero"), "{err}");
         let err = parse(&[("DB_QUEUE_TARGET", "-5")]).unwrap_err();
         assert_eq!(err.variable(), "DB_QUEUE_TARGET");
+        let err = parse(&[("TENANT_DB_CONNECT_TIMEOUT_MS", "0")]).unwrap_err();
+        assert_eq!(err.variable(), "TENANT_DB_CONNECT_TIMEOUT_MS");
+        let err = parse(&[("TENANT_DB_POOL_SIZE", "20")]).unwrap_err();
+        assert_eq!(err.variable(), "TENANT_DB_POOL_SIZE");
+        assert!(err.to_string().contains("TENANT_DB_MAX_POOL_SIZE"), "{err}");
+        let ok = parse(&[
+            ("TENANT_DB_POOL_SIZE", "20"),
+            ("TENANT_DB_MAX_POOL_SIZE", "20"),
+        ])
+        .unwrap();
+        assert_eq!(ok.tenant_db.pool_size, 20);
     }
 
     #[test]

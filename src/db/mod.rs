@@ -3,9 +3,16 @@
 //!
 //! `db::Db` is the only owner of metadata connections. It speaks tokio-postgres; callers (today
 //! `tenants::store`) run their SQL on a checked-out [`PooledClient`] inside a transaction. It does
-//! not know what a tenant is. Tenant databases get their own connections elsewhere, later.
+//! not know what a tenant is.
+//!
+//! Tenant databases (Postgres Changes) have their own pools, one per tenant, in `tenant`
+//! ([`TenantDbs`]), their own small migrations (`tenant_migrations`) and the catalog queries the
+//! change stream and the subscriptions run there ([`catalog`]).
 
+pub mod catalog;
 mod migrations;
+mod tenant;
+mod tenant_migrations;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -17,6 +24,10 @@ use crate::config::{DbConfig, IpVersion};
 use crate::error::{ErrorCode, OperationalError};
 
 pub use migrations::{MIGRATIONS, MIGRATIONS_TABLE};
+pub use tenant::{APPLICATION_NAME, TenantClient, TenantDbError, TenantDbs, TenantPool};
+pub use tenant_migrations::{
+    TENANT_MIGRATIONS, TENANT_MIGRATIONS_TABLE, TenantMigration, run_tenant_migrations,
+};
 
 /// A metadata connection checked out of the pool; returned to the pool on drop.
 pub type PooledClient = deadpool_postgres::Object;

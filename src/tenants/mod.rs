@@ -176,7 +176,7 @@ impl TenantEvent {
 }
 
 /// Decrypted connection settings of a tenant database (from a `postgres_cdc_rls` extension).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantDbSettings {
     /// `db_host`.
     pub host: String,
