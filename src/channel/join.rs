@@ -1,7 +1,6 @@
 //! The `phx_join` payload: lenient parsing into a [`JoinConfig`] (PROTOCOL.md 3.2), and the
 //! `postgres_changes` echo of the join reply.
 
-
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -315,10 +314,14 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         let entry =
-            RawValue::from_string(r#"{"table":"todos","schema":"public","event":"*"}"#.into()).unwrap();
+            RawValue::from_string(r#"{"table":"todos","schema":"public","event":"*"}"#.into())
+                .unwrap();
         let mut canonical = String::new();
         write_canonical(&mut canonical, &serde_json::from_str(entry.get()).unwrap());
-        assert_eq!(canonical, r#"{"event":"*","schema":"public","table":"todos"}"#);
+        assert_eq!(
+            canonical,
+            r#"{"event":"*","schema":"public","table":"todos"}"#
+        );
         assert_eq!(
             postgres_changes_id(&entry),
             fnv1a64(canonical.as_bytes()) % ((1 << 31) - 1) + 1

@@ -57,10 +57,11 @@ $rs$;
 "#;
 
 /// Every tenant migration, in order.
-pub const TENANT_MIGRATIONS: &[TenantMigration] = &[TenantMigration {
-    version: 1,
-    name: "supabase_realtime_admin role",
-    sql: r#"
+pub const TENANT_MIGRATIONS: &[TenantMigration] = &[
+    TenantMigration {
+        version: 1,
+        name: "supabase_realtime_admin role",
+        sql: r#"
 DO $rs$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'supabase_realtime_admin') THEN
@@ -74,7 +75,64 @@ BEGIN
 END
 $rs$;
 "#,
-}];
+    },
+    TenantMigration {
+        version: 2,
+        name: "rs_visible_rows: batched RLS check of Postgres Changes",
+        sql: VISIBLE_ROWS_FUNCTION,
+    },
+];
+
+/// `realtime.rs_visible_rows(rel, key_columns, checks)`: for each (role, claims) set of
+/// `checks` (`[{"role","claims","keys":[[key values...]...]}]`), switches to that role and those
+/// claims (transaction-local, PostgREST style) and returns the keys of `rel` it can see, or one
+/// row with the set's error (`SQLSTATE message`). Used by `postgres_changes::rls`; identifiers
+/// are quoted with `format('%I')` and values cast from the `jsonb`, never spliced in.
+const VISIBLE_ROWS_FUNCTION: &str = r#"
+create or replace function realtime.rs_visible_rows(rel regclass, key_columns text[], checks jsonb)
+returns table(check_index integer, key_values text[], error text)
+language plpgsql volatile
+set search_path = ''
+as $fn$
+declare
+  found integer;
+  wanted_cols text;
+  key_cols text;
+  key_casts text;
+  probe text;
+  chk jsonb;
+  idx integer := -1;
+begin
+  select count(*),
+         string_agg(format('%I::text', k.name), ', ' order by k.ord),
+         string_agg(format('%I', k.name), ', ' order by k.ord),
+         string_agg(format('(key->>%s)::%s', k.ord - 1, format_type(a.atttypid, a.atttypmod)),
+                    ', ' order by k.ord)
+    into found, wanted_cols, key_cols, key_casts
+    from unnest(key_columns) with ordinality as k(name, ord)
+    join pg_catalog.pg_attribute a
+      on a.attrelid = rel and a.attname = k.name and a.attnum > 0 and not a.attisdropped;
+  if found is distinct from cardinality(key_columns) or found = 0 then
+    raise exception 'rs_visible_rows: % has no column among %', rel, key_columns;
+  end if;
+  probe := format(
+    'select $2, array[%s], null::text from %s where (%s) in (select %s from pg_catalog.jsonb_array_elements($1) as t(key))',
+    wanted_cols, rel::text, key_cols, key_casts);
+  for chk in select value from pg_catalog.jsonb_array_elements(checks) loop
+    idx := idx + 1;
+    begin
+      perform pg_catalog.set_config('role', chk->>'role', true);
+      perform pg_catalog.set_config('request.jwt.claims', chk->>'claims', true);
+      perform pg_catalog.set_config('request.jwt.claim.sub', coalesce((chk->>'claims')::jsonb->>'sub', ''), true);
+      perform pg_catalog.set_config('request.jwt.claim.role', chk->>'role', true);
+      return query execute probe using chk->'keys', idx;
+    exception when others then
+      return query select idx, null::text[], sqlstate || ' ' || sqlerrm;
+    end;
+  end loop;
+end
+$fn$
+"#;
 
 /// Applies the missing tenant migrations in one transaction under the advisory lock; returns
 /// the versions this call applied (empty when the database was already current).

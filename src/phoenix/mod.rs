@@ -43,10 +43,6 @@ pub const EVENT_ACCESS_TOKEN: &str = "access_token";
 /// `system`
 pub const EVENT_SYSTEM: &str = "system";
 /// `postgres_changes`
-#[expect(
-    dead_code,
-    reason = "Postgres Changes step: the event of delivered changes"
-)]
 pub const EVENT_POSTGRES_CHANGES: &str = "postgres_changes";
 /// The socket-level topic of heartbeats.
 pub const TOPIC_PHOENIX: &str = "phoenix";

@@ -6,5 +6,5 @@
 //! tenant (`replication`), and, next, the subscription registry and the batched RLS check. The
 //! tenant database pools live in `db::tenant`.
 
-pub(crate) mod rls;
 pub(crate) mod payload;
+pub(crate) mod rls;

@@ -20,53 +20,6 @@ use tokio_postgres::GenericClient;
 
 use crate::error::{ErrorCode, OperationalError};
 
-/// The tenant-database function the check calls; created by the tenant migrations.
-pub(crate) const VISIBLE_ROWS_FUNCTION: &str = r#"
-create or replace function realtime.rs_visible_rows(rel regclass, key_columns text[], checks jsonb)
-returns table(check_index integer, key_values text[], error text)
-language plpgsql volatile
-set search_path = ''
-as $fn$
-declare
-  found integer;
-  wanted_cols text;
-  key_cols text;
-  key_casts text;
-  probe text;
-  chk jsonb;
-  idx integer := -1;
-begin
-  select count(*),
-         string_agg(format('%I::text', k.name), ', ' order by k.ord),
-         string_agg(format('%I', k.name), ', ' order by k.ord),
-         string_agg(format('(key->>%s)::%s', k.ord - 1, format_type(a.atttypid, a.atttypmod)),
-                    ', ' order by k.ord)
-    into found, wanted_cols, key_cols, key_casts
-    from unnest(key_columns) with ordinality as k(name, ord)
-    join pg_catalog.pg_attribute a
-      on a.attrelid = rel and a.attname = k.name and a.attnum > 0 and not a.attisdropped;
-  if found is distinct from cardinality(key_columns) or found = 0 then
-    raise exception 'rs_visible_rows: % has no column among %', rel, key_columns;
-  end if;
-  probe := format(
-    'select $2, array[%s], null::text from %s where (%s) in (select %s from pg_catalog.jsonb_array_elements($1) as t(key))',
-    wanted_cols, rel::text, key_cols, key_casts);
-  for chk in select value from pg_catalog.jsonb_array_elements(checks) loop
-    idx := idx + 1;
-    begin
-      perform pg_catalog.set_config('role', chk->>'role', true);
-      perform pg_catalog.set_config('request.jwt.claims', chk->>'claims', true);
-      perform pg_catalog.set_config('request.jwt.claim.sub', coalesce((chk->>'claims')::jsonb->>'sub', ''), true);
-      perform pg_catalog.set_config('request.jwt.claim.role', chk->>'role', true);
-      return query execute probe using chk->'keys', idx;
-    exception when others then
-      return query select idx, null::text[], sqlstate || ' ' || sqlerrm;
-    end;
-  end loop;
-end
-$fn$
-"#;
-
 /// One (role, claims) set and the primary keys it asks about.
 #[derive(Debug, Serialize)]
 pub(crate) struct RlsCheck<'a> {
@@ -189,7 +142,7 @@ mod tests {
     }
 
     async fn setup() -> tokio_postgres::Client {
-        let client = database().await;
+        let mut client = database().await;
         client
             .batch_execute(
                 r#"
@@ -221,7 +174,9 @@ mod tests {
             )
             .await
             .expect("schema");
-        client.batch_execute(VISIBLE_ROWS_FUNCTION).await.expect("function");
+        crate::db::run_tenant_migrations(&mut client, &crate::types::TenantId::from("t"))
+            .await
+            .expect("tenant migrations");
         client
     }
 
@@ -273,11 +228,11 @@ mod tests {
         assert!(out[0].sees(&[A, "1"]) && out[0].sees(&[A, "2"]));
         assert!(!out[0].sees(&[B, "1"]));
         assert!(out[1].sees(&[B, "1"]) && !out[1].sees(&[A, "1"]) && !out[1].sees(&[B, "9"]));
+        assert!(matches!(&out[2], Visibility::Failed { sqlstate, message }
+                if sqlstate == "42501" && message.contains("permission denied")));
         assert!(
-            matches!(&out[2], Visibility::Failed { sqlstate, message }
-                if sqlstate == "42501" && message.contains("permission denied"))
+            matches!(&out[3], Visibility::Failed { message, .. } if message.contains("no_such_role"))
         );
-        assert!(matches!(&out[3], Visibility::Failed { message, .. } if message.contains("no_such_role")));
         // The session is back to its own role afterwards.
         let user: String = client
             .query_one("select current_user::text", &[])
@@ -304,7 +259,9 @@ mod tests {
             },
         ];
         let out = visible_rows(&client, rel, &["id"], &checks).await.unwrap();
-        assert!(matches!(&out[0], Visibility::Failed { message, .. } if message.contains("policy exploded")));
+        assert!(
+            matches!(&out[0], Visibility::Failed { message, .. } if message.contains("policy exploded"))
+        );
         assert!(out[1].sees(&["1"]) && out[1].sees(&["2"]) && !out[1].sees(&["3"]));
     }
 
