@@ -5,3 +5,5 @@
 //! the pgoutput decoder and typed values (`pgoutput`, `values`, pure), the replication stream of a
 //! tenant (`replication`), and, next, the subscription registry and the batched RLS check. The
 //! tenant database pools live in `db::tenant`.
+
+pub mod replication;
