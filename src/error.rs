@@ -94,6 +94,9 @@ error_codes! {
     InvalidConfiguration,
     RealtimeNodeDisconnected,
     ReplicationError,
+    // Replication streams of Postgres Changes (this server's own log codes).
+    ReplicationSlotBeingUsed,
+    ReplicationSlotLagExceeded,
     InvalidPeerMessage,
 }
 

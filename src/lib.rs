@@ -9,6 +9,9 @@
 //!   (tenant records, encrypted secrets, cache, self-host seed), `auth` (JWT verification).
 //! - L3 `hub` (rooms, fan-out); L4 `broadcast`, [`presence`] (the tracker: track/untrack,
 //!   `presence_diff` fan-out, the replication seam); L5 `channel` (per-socket sessions).
+//! - [`postgres_changes`]: table changes of tenant databases; public for its integration tests:
+//!   [`postgres_changes::replication`] (per-tenant logical replication streams, run by
+//!   [`tasks::Owner`]s).
 //! - L6 edges: `api` (axum: tenants API, health).
 //! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown.
 //!
@@ -26,9 +29,9 @@ pub mod error;
 pub(crate) mod hub;
 pub(crate) mod limits;
 pub(crate) mod phoenix;
-pub(crate) mod postgres_changes;
+pub mod postgres_changes;
 pub(crate) mod presence;
-pub(crate) mod tasks;
+pub mod tasks;
 pub(crate) mod telemetry;
 pub mod tenants;
 pub(crate) mod transport;

@@ -7,7 +7,7 @@
 //! and the HTTP edges), `db` (metadata connections), `api` (management API, JWT checks),
 //! `tenants` (registry, cache, routing fallback, encryption, seed), `limits` (tenant limit
 //! defaults), `tenant_db` (tenant database pools), `channel` (join pipeline), `transport`
-//! (WebSocket edge), `janitor`, `cluster`.
+//! (WebSocket edge), `janitor`, `cluster`, `replication` (Postgres Changes streams).
 //! Every value is parsed into a real type at start-up, and a bad value stops start-up with an
 //! error that names the variable and what is wrong with it. Secrets never appear in `Debug`
 //! output or in error messages. Nothing outside this directory reads the environment.
@@ -20,6 +20,7 @@ mod http;
 mod janitor;
 mod limits;
 mod tenant_db;
+mod replication;
 mod tenants;
 mod transport;
 mod vars;
@@ -36,6 +37,7 @@ pub use http::HttpConfig;
 pub use janitor::JanitorConfig;
 pub use limits::LimitDefaults;
 pub use tenant_db::TenantDbConfig;
+pub use replication::ReplicationConfig;
 pub use tenants::{EncryptionConfig, SeedConfig, TenantsConfig};
 pub use transport::TransportConfig;
 
@@ -190,6 +192,8 @@ pub struct Config {
     pub janitor: JanitorConfig,
     /// Cluster.
     pub cluster: ClusterConfig,
+    /// Replication streams of Postgres Changes (slot names, lifecycle, WAL lag bound).
+    pub replication: ReplicationConfig,
     /// `APP_NAME`: name of the deployment, shown in health answers. Default empty.
     pub app_name: String,
     /// `REGION`: region label of this node. Default none.
@@ -198,8 +202,6 @@ pub struct Config {
     pub log_level: LogLevel,
     /// `RUST_LOG`: a full `tracing` filter that overrides `LOG_LEVEL` when set.
     pub log_filter: Option<String>,
-    /// `SLOT_NAME_SUFFIX`: appended to replication slot names. Default none.
-    pub slot_name_suffix: Option<String>,
     /// `MIGRATION_PARTITION_SLOTS`: tenant migrations run at once. Default 2 × CPUs.
     pub migration_partition_slots: NonZeroU32,
     /// `METRICS_CLEANER_SCHEDULE_TIMER_IN_MS`: period of stale-metric cleanup. Default 30 min.
@@ -245,6 +247,7 @@ impl Config {
         let channel = ChannelConfig::parse(&env)?;
         let transport = TransportConfig::parse(&env)?;
         let janitor = JanitorConfig::parse(&env)?;
+        let replication = ReplicationConfig::parse(&env)?;
         let app_name = env.text_or("APP_NAME", "");
         let cluster = ClusterConfig::parse(&env, &app_name, http.port)?;
 
@@ -267,11 +270,11 @@ impl Config {
             transport,
             janitor,
             cluster,
+            replication,
             app_name,
             region: env.non_empty("REGION"),
             log_level: env.parse_or("LOG_LEVEL", LogLevel::Info, log_level)?,
             log_filter: env.non_empty("RUST_LOG"),
-            slot_name_suffix: env.non_empty("SLOT_NAME_SUFFIX"),
             migration_partition_slots: env.parse_or(
                 "MIGRATION_PARTITION_SLOTS",
                 NonZeroU32::new(cpus.saturating_mul(2)).unwrap_or(NonZeroU32::MIN),

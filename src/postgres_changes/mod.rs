@@ -8,3 +8,4 @@
 
 pub(crate) mod payload;
 pub(crate) mod rls;
+pub mod replication;

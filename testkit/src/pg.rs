@@ -147,26 +147,7 @@ impl Pg {
         // Another test process may grab the same free port between probe and bind: retry.
         for attempt in 0..5 {
             pg.port = free_port();
-            let status = pg
-                .command("pg_ctl")
-                .arg("-D")
-                .arg(pg.data())
-                .arg("-l")
-                .arg(pg.root.join("pg.log"))
-                .args(["-w", "-o"])
-                .arg(format!(
-                    "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical \
-                     -c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off \
-                     -c max_connections=200",
-                    pg.port,
-                    pg.root.display()
-                ))
-                .arg("start")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("pg_ctl start");
-            if status.success() {
+            if pg.pg_ctl_start() {
                 break;
             }
             assert!(
@@ -177,6 +158,49 @@ impl Pg {
         }
         pg.spawn_watchdog();
         pg
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended), keeping its data; see
+    /// [`Pg::start_server`]. For tests of a database that goes away.
+    pub fn stop_server(&self) {
+        run(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(self.data())
+                .args(["-m", "fast", "-w", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+
+    /// Starts a server stopped by [`Pg::stop_server`] again, on the same port.
+    pub fn start_server(&self) {
+        assert!(
+            self.pg_ctl_start(),
+            "postgres did not restart; see {}",
+            self.root.join("pg.log").display()
+        );
+    }
+
+    fn pg_ctl_start(&self) -> bool {
+        self.command("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.root.join("pg.log"))
+            .args(["-w", "-o"])
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c wal_level=logical \
+                 -c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off \
+                 -c max_connections=200",
+                self.port,
+                self.root.display()
+            ))
+            .arg("start")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl start")
+            .success()
     }
 
     /// The cluster's directory (data dir, socket, `pg.log`).

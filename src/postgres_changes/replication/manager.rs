@@ -1,0 +1,332 @@
+//! One replication stream per tenant this node owns: started by the first subscriber, stopped
+//! `idle_timeout` after the last, its slot retained for `slot_retain` and then dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::stream::{ReplicationStats, StreamHandle, TenantStream};
+use super::{Backoff, ReplicationError, ReplicationTarget, StreamEvent, sql};
+use crate::config::ReplicationConfig;
+use crate::error::OperationalError;
+use crate::tasks::Owner;
+use crate::types::TenantId;
+
+/// Tries at dropping a slot whose retain window ended.
+const DROP_ATTEMPTS: u32 = 5;
+
+/// Answers whether this node streams a tenant's changes.
+pub trait StreamOwnership: Send + Sync {
+    /// Whether this node owns `tenant`'s stream.
+    fn owns(&self, tenant: &TenantId) -> bool;
+}
+
+/// A single node owns every tenant.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalOwnership;
+
+impl StreamOwnership for LocalOwnership {
+    fn owns(&self, _tenant: &TenantId) -> bool {
+        true
+    }
+}
+
+/// What [`StreamManager::ensure_started`] found.
+#[derive(Debug)]
+pub enum Ensured {
+    /// A new stream: the caller consumes its events (and confirms through the handle).
+    Started {
+        /// The stream.
+        handle: StreamHandle,
+        /// Its events, in WAL order.
+        events: mpsc::Receiver<StreamEvent>,
+    },
+    /// The tenant's stream was already running; its consumer is already there.
+    Running {
+        /// The stream.
+        handle: StreamHandle,
+    },
+}
+
+impl Ensured {
+    /// The stream, either way.
+    pub fn handle(&self) -> &StreamHandle {
+        match self {
+            Ensured::Started { handle, .. } | Ensured::Running { handle } => handle,
+        }
+    }
+}
+
+enum Entry {
+    Running {
+        handle: StreamHandle,
+        target: ReplicationTarget,
+        subscribers: usize,
+        generation: u64,
+    },
+    /// The stream stopped; its slot is kept until the retain window ends.
+    Retained {
+        target: ReplicationTarget,
+        generation: u64,
+    },
+}
+
+impl Entry {
+    fn generation(&self) -> u64 {
+        match self {
+            Entry::Running { generation, .. } | Entry::Retained { generation, .. } => *generation,
+        }
+    }
+}
+
+struct Inner {
+    owner: Owner,
+    config: ReplicationConfig,
+    ownership: Arc<dyn StreamOwnership>,
+    stats: Arc<ReplicationStats>,
+    entries: Mutex<HashMap<TenantId, Entry>>,
+}
+
+/// Starts and stops the tenants' replication streams; cheap to clone.
+#[derive(Clone)]
+pub struct StreamManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StreamManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamManager").finish_non_exhaustive()
+    }
+}
+
+impl StreamManager {
+    /// A manager whose streams and timers run under children of `owner`.
+    pub fn new(
+        owner: &Owner,
+        config: ReplicationConfig,
+        ownership: Arc<dyn StreamOwnership>,
+    ) -> StreamManager {
+        StreamManager {
+            inner: Arc::new(Inner {
+                owner: owner.child(),
+                config,
+                ownership,
+                stats: Arc::new(ReplicationStats::default()),
+                entries: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The counters of every stream of this manager.
+    pub fn stats(&self) -> &ReplicationStats {
+        &self.inner.stats
+    }
+
+    fn entries(&self) -> MutexGuard<'_, HashMap<TenantId, Entry>> {
+        self.inner
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one more subscriber of `tenant` and makes sure its stream runs (reusing a
+    /// retained slot). A running stream keeps its target even if `target` differs.
+    ///
+    /// # Errors
+    /// [`ReplicationError::NotOwner`] when this node does not own the tenant. Connection and
+    /// slot problems do not fail this call: the stream retries and reports them in its status.
+    pub fn ensure_started(
+        &self,
+        tenant: &TenantId,
+        target: ReplicationTarget,
+    ) -> Result<Ensured, ReplicationError> {
+        if !self.inner.ownership.owns(tenant) {
+            return Err(ReplicationError::NotOwner {
+                tenant: tenant.as_str().to_string(),
+            });
+        }
+        let mut entries = self.entries();
+        let previous = entries.get(tenant).map(Entry::generation).unwrap_or(0);
+        if let Some(Entry::Running {
+            handle,
+            subscribers,
+            generation,
+            ..
+        }) = entries.get_mut(tenant)
+            && !handle.is_stopped()
+        {
+            *subscribers += 1;
+            // Any idle countdown in flight is for an older generation.
+            *generation += 1;
+            return Ok(Ensured::Running {
+                handle: handle.clone(),
+            });
+        }
+        let (handle, events) = TenantStream::spawn(
+            &self.inner.owner,
+            target.clone(),
+            &self.inner.config,
+            self.inner.stats.clone(),
+        );
+        entries.insert(
+            tenant.clone(),
+            Entry::Running {
+                handle: handle.clone(),
+                target,
+                subscribers: 1,
+                generation: previous + 1,
+            },
+        );
+        Ok(Ensured::Started { handle, events })
+    }
+
+    /// Counts one subscriber of `tenant` less; after the last, the stream stops
+    /// `idle_timeout` later unless a subscriber comes back first.
+    pub fn release(&self, tenant: &TenantId) {
+        let mut entries = self.entries();
+        let Some(Entry::Running {
+            subscribers,
+            generation,
+            ..
+        }) = entries.get_mut(tenant)
+        else {
+            return;
+        };
+        *subscribers = subscribers.saturating_sub(1);
+        if *subscribers > 0 {
+            return;
+        }
+        *generation += 1;
+        let (me, tenant, expected) = (self.clone(), tenant.clone(), *generation);
+        let idle = self.inner.config.idle_timeout;
+        self.inner
+            .owner
+            .spawn("replication idle countdown", async move {
+                tokio::time::sleep(idle).await;
+                me.stop_if_idle(&tenant, expected).await;
+            });
+    }
+
+    /// Whether `tenant` has a stream (running or starting).
+    pub fn is_running(&self, tenant: &TenantId) -> bool {
+        matches!(self.entries().get(tenant), Some(Entry::Running { .. }))
+    }
+
+    /// Whether `tenant`'s stream is stopped and its slot kept for a resubscription.
+    pub fn is_retained(&self, tenant: &TenantId) -> bool {
+        matches!(self.entries().get(tenant), Some(Entry::Retained { .. }))
+    }
+
+    async fn stop_if_idle(&self, tenant: &TenantId, expected: u64) {
+        let handle = {
+            let mut entries = self.entries();
+            let Some(Entry::Running {
+                subscribers: 0,
+                generation,
+                ..
+            }) = entries.get(tenant)
+            else {
+                return;
+            };
+            if *generation != expected {
+                return;
+            }
+            let Some(Entry::Running { handle, target, .. }) = entries.remove(tenant) else {
+                return;
+            };
+            entries.insert(
+                tenant.clone(),
+                Entry::Retained {
+                    target,
+                    generation: expected + 1,
+                },
+            );
+            handle
+        };
+        tracing::info!(tenant = %tenant.as_str(), slot = %handle.slot(), "stopping an idle replication stream");
+        handle.shutdown().await;
+        let (me, tenant) = (self.clone(), tenant.clone());
+        let retain = self.inner.config.slot_retain;
+        self.inner
+            .owner
+            .spawn("replication slot retain window", async move {
+                tokio::time::sleep(retain).await;
+                me.drop_if_retained(&tenant, expected + 1).await;
+            });
+    }
+
+    async fn drop_if_retained(&self, tenant: &TenantId, expected: u64) {
+        let target = {
+            let mut entries = self.entries();
+            match entries.get(tenant) {
+                Some(Entry::Retained { generation, .. }) if *generation == expected => {}
+                _ => return,
+            }
+            match entries.remove(tenant) {
+                Some(Entry::Retained { target, .. }) => target,
+                _ => return,
+            }
+        };
+        let mut backoff =
+            Backoff::new(self.inner.config.backoff_min, self.inner.config.backoff_max);
+        for attempt in 1..=DROP_ATTEMPTS {
+            match self.drop_slot(&target).await {
+                Ok(dropped) => {
+                    if dropped {
+                        self.inner.stats.count_dropped();
+                        tracing::info!(tenant = %tenant.as_str(), slot = %target.slot, "retained replication slot dropped");
+                    }
+                    return;
+                }
+                // Someone streams from it again (this node after a resubscription, or the
+                // tenant's new owner): it is theirs now.
+                Err(ReplicationError::SlotBeingUsed { .. }) => return,
+                Err(error) if attempt == DROP_ATTEMPTS => {
+                    tracing::error!(
+                        error_code = %error.code(),
+                        tenant = %tenant.as_str(),
+                        slot = %target.slot,
+                        %error,
+                        "could not drop a retained replication slot; it holds WAL until it is reused or dropped"
+                    );
+                }
+                Err(_) => tokio::time::sleep(backoff.next_delay()).await,
+            }
+        }
+    }
+
+    async fn drop_slot(&self, target: &ReplicationTarget) -> Result<bool, ReplicationError> {
+        let owner = self.inner.owner.child();
+        let result = async {
+            let client = sql::connect(target, &owner).await?;
+            sql::drop_slot(&client, &target.slot).await
+        }
+        .await;
+        owner.shutdown(Duration::from_secs(1)).await;
+        result
+    }
+
+    /// Stops every stream with a final status update and keeps their slots, so that the next
+    /// owner (or this node after a restart) resumes from the confirmed positions.
+    pub async fn shutdown(&self) {
+        let handles: Vec<StreamHandle> = {
+            let mut entries = self.entries();
+            let running: Vec<TenantId> = entries
+                .iter()
+                .filter(|(_, e)| matches!(e, Entry::Running { .. }))
+                .map(|(t, _)| t.clone())
+                .collect();
+            running
+                .into_iter()
+                .filter_map(|tenant| match entries.remove(&tenant) {
+                    Some(Entry::Running { handle, .. }) => Some(handle),
+                    _ => None,
+                })
+                .collect()
+        };
+        futures::future::join_all(handles.iter().map(StreamHandle::shutdown)).await;
+        self.inner.owner.shutdown(Duration::from_secs(1)).await;
+    }
+}
