@@ -13,6 +13,8 @@
 
 mod like;
 #[cfg(test)]
+mod pg_tests;
+#[cfg(test)]
 mod tests;
 mod typed;
 
@@ -580,6 +582,12 @@ impl CompiledCondition {
                 return Some(true);
             }
             (ColumnValue::Null, Test::IsTrue | Test::IsFalse) => return Some(false),
+            // `NULL = any('{}')` is false, not NULL.
+            (ColumnValue::Null, Test::In { values, has_null })
+                if values.is_empty() && !has_null =>
+            {
+                return Some(false);
+            }
             (ColumnValue::Null, _) => return None,
             (ColumnValue::Text(text), _) => text,
         };
@@ -678,6 +686,7 @@ fn compile_condition(
             _ => return Err(FilterError::InvalidIsValue),
         },
         (FilterValue::Text(pattern), Op::Like | Op::Ilike) => {
+            let pattern = pattern_operand(ty, pattern);
             if !ty.is_text() {
                 return Err(FilterError::NeedsText {
                     op,
@@ -690,6 +699,7 @@ fn compile_condition(
             )
         }
         (FilterValue::Text(pattern), Op::Match | Op::Imatch) => {
+            let pattern = pattern_operand(ty, pattern);
             if !ty.is_text() {
                 return Err(FilterError::NeedsText {
                     op,
@@ -721,6 +731,15 @@ fn compile_condition(
         negate: condition.negate,
         test,
     })
+}
+
+/// The pattern as the original applies it: cast to the column's type, so a `char(n)` column's
+/// pattern loses its trailing spaces.
+fn pattern_operand(ty: ColType, pattern: &str) -> &str {
+    match ty {
+        ColType::Text(kind) => typed::text_operand(kind, pattern),
+        _ => pattern,
+    }
 }
 
 /// Compiles a `match`/`imatch` pattern: unanchored search, `.` also matches a newline (as in

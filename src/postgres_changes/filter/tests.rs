@@ -621,6 +621,9 @@ fn text_types() {
     assert!(on("ch=eq.\"ab  \"", Some("ab")));
     assert!(on("ch=like.%b", Some("ab   ")));
     assert!(on("ch=match.b$", Some("ab   ")));
+    // The pattern is cast to char(n) too, losing its trailing spaces.
+    assert!(on(r#"ch=like."a%  ""#, Some("ab")));
+    assert!(on(r#"ch=match." ""#, Some("ab")));
     // name: cut at 63 bytes like Postgres.
     let long = "n".repeat(70);
     assert!(on(&format!("nm=eq.{long}"), Some(&"n".repeat(63))));
@@ -738,6 +741,11 @@ fn three_valued_logic() {
     assert!(!on("i4=not.in.(1,NULL)", Some("2")));
     assert!(!on("i4=not.in.(1,NULL)", Some("1")));
     assert!(!on("i4=in.()", Some("1")));
+    // `NULL = any('{}')` is false, so its negation holds.
+    assert!(!on("i4=in.()", None));
+    assert!(on("i4=not.in.()", None));
+    assert!(!on("i4=in.(NULL)", None));
+    assert!(!on("i4=not.in.(NULL)", None));
     assert!(on("i4=not.in.()", Some("1")));
     // IS [NOT] DISTINCT FROM is never NULL.
     assert!(on("i4=isdistinct.1", None));
