@@ -1,11 +1,18 @@
 //! Postgres Changes: a tenant's table changes streamed to the channels that subscribed to them
 //! (PROTOCOL.md 6).
 //!
-//! Built in parts, each a module of its own: the filter grammar and matching (`filter`, pure),
+//! Built in parts, each a module of its own: the join entries (`binding`, pure), the filter
+//! grammar and matching (`filter`, pure),
 //! the pgoutput decoder and typed values (`pgoutput`, `values`, pure), the replication stream of a
 //! tenant (`replication`), and, next, the subscription registry and the batched RLS check. The
 //! tenant database pools live in `db::tenant`.
 
+pub(crate) mod binding;
+
+pub(crate) mod filter;
+mod inspect;
 pub(crate) mod payload;
-pub(crate) mod rls;
+pub(crate) mod registry;
 pub mod replication;
+pub(crate) mod rls;
+
