@@ -1,0 +1,279 @@
+//! The consumer of one tenant's change stream: reads the stream's events in WAL order, keeps the
+//! relations the stream described, collects committed transactions into batches, dispatches each
+//! batch (`dispatch`, with one RLS statement per table per batch) and confirms the batch's last
+//! commit once every delivery is queued.
+//!
+//! Batches grow by themselves under load: everything the stream has already handed over is taken
+//! before a batch is dispatched (up to [`MAX_BATCH_CHANGES`]), so the RLS cost per change falls as
+//! the rate rises. Replays after a reconnect (commits at or below the confirmed position) are
+//! skipped; an unfinished transaction is dropped at `Disconnected` and comes again whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::dispatch::{self, PendingChange};
+use super::pgoutput::{self, Message, Relation, RelationCache};
+use super::replication::{Lsn, StreamEvent, StreamHandle};
+use super::rls::{self, Visibility};
+use super::service::{Shared, notice_frame, notify_subscribed};
+use crate::db::{TenantDbError, TenantPool};
+use crate::error::OperationalError;
+use crate::hub::{FanoutKind, Outbound};
+use crate::types::TenantId;
+
+/// Most changes dispatched in one batch.
+pub(crate) const MAX_BATCH_CHANGES: usize = 4096;
+/// Attempts of a batch's RLS checks before its checked deliveries become error payloads.
+const RLS_ATTEMPTS: u32 = 3;
+
+/// Counters of every consumer of this node (exported by the metrics step).
+#[derive(Debug, Default)]
+pub(crate) struct ConsumerStats {
+    /// Row changes read from streams.
+    pub changes: AtomicU64,
+    /// Frames queued to channels.
+    pub delivered: AtomicU64,
+    /// Frames refused by full or closed connection queues (those connections are closed).
+    pub refused: AtomicU64,
+    /// RLS statements run.
+    pub rls_queries: AtomicU64,
+    /// Batches dispatched.
+    pub batches: AtomicU64,
+    /// Loss notices sent (a slot was recreated).
+    pub losses: AtomicU64,
+}
+
+/// One tenant's consumer task.
+pub(crate) struct Consumer {
+    tenant: TenantId,
+    shared: Arc<Shared>,
+    handle: StreamHandle,
+    events: mpsc::Receiver<StreamEvent>,
+    pool: TenantPool,
+    max_record_bytes: usize,
+    relations: RelationCache,
+    described: HashMap<u32, Arc<Relation>>,
+    /// Changes of committed transactions, then those of the open one (from `open_from`).
+    batch: Vec<PendingChange>,
+    open_from: usize,
+    in_transaction: bool,
+    commit_timestamp: Arc<str>,
+    /// The last commit in `batch[..open_from]`: what to confirm after dispatching it.
+    last_commit: Option<Lsn>,
+}
+
+impl Consumer {
+    pub(crate) fn new(
+        tenant: TenantId,
+        shared: Arc<Shared>,
+        handle: StreamHandle,
+        events: mpsc::Receiver<StreamEvent>,
+        pool: TenantPool,
+        max_record_bytes: usize,
+    ) -> Consumer {
+        Consumer {
+            tenant,
+            shared,
+            handle,
+            events,
+            pool,
+            max_record_bytes,
+            relations: RelationCache::new(),
+            described: HashMap::new(),
+            batch: Vec::new(),
+            open_from: 0,
+            in_transaction: false,
+            commit_timestamp: "".into(),
+            last_commit: None,
+        }
+    }
+
+    /// Runs until the stream ends (stopped, or this node shuts down).
+    pub(crate) async fn run(mut self) {
+        while let Some(event) = self.events.recv().await {
+            self.apply(event);
+            while self.open_from < MAX_BATCH_CHANGES {
+                match self.events.try_recv() {
+                    Ok(event) => self.apply(event),
+                    Err(_) => break,
+                }
+            }
+            if self.last_commit.is_some() {
+                self.dispatch().await;
+            }
+        }
+        self.shared.streams.set_streaming(&self.tenant, false);
+    }
+
+    fn apply(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Connected { .. } => {
+                // A new session describes every relation again.
+                self.relations = RelationCache::new();
+                self.described.clear();
+                self.drop_open_transaction();
+                self.shared.streams.set_streaming(&self.tenant, true);
+                notify_subscribed(&self.shared.registry, &self.tenant);
+            }
+            StreamEvent::Begin { commit_ts, .. } => {
+                self.drop_open_transaction();
+                self.in_transaction = true;
+                self.commit_timestamp = commit_ts
+                    .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                    .to_string()
+                    .into();
+            }
+            StreamEvent::Data { bytes, .. } => self.data(bytes),
+            StreamEvent::Commit { end_lsn, .. } => {
+                self.in_transaction = false;
+                if end_lsn <= self.handle.confirmed() {
+                    // Already delivered before a reconnect.
+                    self.batch.truncate(self.open_from);
+                } else {
+                    self.open_from = self.batch.len();
+                    self.last_commit = Some(end_lsn);
+                }
+            }
+            StreamEvent::Lost { reason } => {
+                self.shared.stats.losses.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(tenant = %self.tenant, %reason, error_code = "ReplicationSlotLagExceeded",
+                    "changes were lost; subscribers are told");
+                let message = format!("Changes were lost: {reason}");
+                for sub in self.shared.registry.channels(&self.tenant) {
+                    sub.outbox.push(Outbound::Fanout {
+                        slot: sub.channel.slot,
+                        kind: FanoutKind::PostgresChanges,
+                        frame: notice_frame(sub.vsn, sub.join_ref.as_deref(), &sub.topic, false, &message),
+                    });
+                }
+            }
+            StreamEvent::Disconnected { error } => {
+                tracing::warn!(tenant = %self.tenant, error_code = %error.code(), %error,
+                    "change stream disconnected; it reconnects");
+                self.drop_open_transaction();
+                self.shared.streams.set_streaming(&self.tenant, false);
+            }
+            StreamEvent::Message { .. } => {}
+        }
+    }
+
+    fn drop_open_transaction(&mut self) {
+        self.batch.truncate(self.open_from);
+        self.in_transaction = false;
+    }
+
+    fn data(&mut self, bytes: bytes::Bytes) {
+        let relation = match pgoutput::decode(&bytes) {
+            Ok(Message::Relation(message)) => {
+                let relation = self.relations.insert_relation(&message).clone();
+                self.described.insert(relation.oid, Arc::new(relation));
+                return;
+            }
+            Ok(message @ Message::Type(_)) => {
+                self.relations.apply(&message);
+                return;
+            }
+            Ok(Message::Insert(m)) => m.relation,
+            Ok(Message::Update(m)) => m.relation,
+            Ok(Message::Delete(m)) => m.relation,
+            Ok(_) => return,
+            Err(err) => {
+                tracing::error!(tenant = %self.tenant, error_code = %err.code(), error = %err,
+                    "undecodable pgoutput message skipped");
+                return;
+            }
+        };
+        let Some(relation) = self.described.get(&relation) else {
+            tracing::error!(tenant = %self.tenant, relation, "change of an undescribed relation skipped");
+            return;
+        };
+        self.shared.stats.changes.fetch_add(1, Ordering::Relaxed);
+        if !self.in_transaction {
+            return;
+        }
+        self.batch.push(PendingChange {
+            relation: relation.clone(),
+            raw: bytes,
+            commit_timestamp: self.commit_timestamp.clone(),
+        });
+    }
+
+    async fn dispatch(&mut self) {
+        let Some(commit) = self.last_commit.take() else {
+            return;
+        };
+        let open: Vec<PendingChange> = self.batch.split_off(self.open_from);
+        let committed = std::mem::replace(&mut self.batch, open);
+        self.open_from = 0;
+        if !committed.is_empty() {
+            let plan = dispatch::plan(&self.tenant, &self.shared.registry, &committed);
+            let answers = if plan.checks.is_empty() {
+                Vec::new()
+            } else {
+                self.check(&plan.checks).await
+            };
+            let delivered = plan.deliver(&answers, self.max_record_bytes);
+            let stats = &self.shared.stats;
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats
+                .delivered
+                .fetch_add(delivered.frames as u64, Ordering::Relaxed);
+            stats
+                .refused
+                .fetch_add(delivered.refused as u64, Ordering::Relaxed);
+        }
+        self.handle.confirm(commit);
+    }
+
+    /// Runs the batch's RLS checks, retrying a failed statement; a table whose check keeps
+    /// failing gets `None` (its checked deliveries become error payloads).
+    async fn check(&mut self, checks: &[dispatch::TableChecks]) -> Vec<Option<Vec<Visibility>>> {
+        let mut answers: Vec<Option<Vec<Visibility>>> = checks.iter().map(|_| None).collect();
+        for attempt in 0..RLS_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 << (2 * attempt))).await;
+            }
+            let client = match self.client().await {
+                Ok(client) => client,
+                Err(err) => {
+                    tracing::warn!(tenant = %self.tenant, error_code = %err.code(), error = %err,
+                        "no tenant connection for the RLS check");
+                    continue;
+                }
+            };
+            let mut failed = false;
+            for (i, table) in checks.iter().enumerate() {
+                if answers[i].is_some() {
+                    continue;
+                }
+                let keys: Vec<&str> = table.key_columns.iter().map(String::as_str).collect();
+                self.shared.stats.rls_queries.fetch_add(1, Ordering::Relaxed);
+                match rls::visible_rows(&**client, table.oid, &keys, &table.as_checks()).await {
+                    Ok(visibility) => answers[i] = Some(visibility),
+                    Err(err) => {
+                        tracing::warn!(tenant = %self.tenant, error_code = %err.code(), error = %err,
+                            "RLS check failed; retried");
+                        failed = true;
+                    }
+                }
+            }
+            if !failed {
+                break;
+            }
+        }
+        answers
+    }
+
+    async fn client(&mut self) -> Result<crate::db::TenantClient, TenantDbError> {
+        if self.pool.is_closed()
+            && let Ok(Some(tenant)) = self.shared.tenants.get(&self.tenant).await
+        {
+            self.pool = self.shared.dbs.get(&tenant).await?;
+        }
+        self.pool.get().await
+    }
+}
