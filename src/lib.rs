@@ -26,7 +26,7 @@ pub mod error;
 pub(crate) mod hub;
 pub(crate) mod limits;
 pub(crate) mod phoenix;
-pub(crate) mod postgres_changes;
+pub mod postgres_changes;
 pub(crate) mod presence;
 pub(crate) mod tasks;
 pub(crate) mod telemetry;
