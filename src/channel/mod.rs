@@ -14,7 +14,7 @@
 mod admission;
 mod delayed;
 mod error;
-mod join;
+pub(crate) mod join;
 mod session;
 
 pub use session::{AdmittedSocket, ChannelContext, Session, SessionControl};

@@ -75,7 +75,7 @@ fn decode(change: &PendingChange) -> Option<Decoded<'_>> {
     }
 }
 
-fn text(value: &TupleValue<'_>) -> Option<ColumnValue<'_>> {
+fn text<'a>(value: &TupleValue<'a>) -> Option<ColumnValue<'a>> {
     match value {
         TupleValue::Null => Some(ColumnValue::Null),
         TupleValue::Text(bytes) => std::str::from_utf8(bytes).ok().map(ColumnValue::Text),

@@ -6,13 +6,19 @@
 //! the pgoutput decoder and typed values (`pgoutput`, `values`, pure), the replication stream of a
 //! tenant (`replication`), and, next, the subscription registry and the batched RLS check. The
 //! tenant database pools live in `db::tenant`.
+//!
+//! `pgoutput`, `values` and `replication` are public because integration tests check them
+//! against a real Postgres; nothing outside the crate uses them otherwise.
 
 pub(crate) mod binding;
-
+mod consumer;
+pub(crate) mod dispatch;
 pub(crate) mod filter;
 mod inspect;
 pub(crate) mod payload;
+pub mod pgoutput;
 pub(crate) mod registry;
 pub mod replication;
 pub(crate) mod rls;
-
+pub(crate) mod service;
+pub mod values;

@@ -88,12 +88,16 @@ pub(crate) struct Subscription {
     pub vsn: Vsn,
     /// Its full topic (`realtime:<sub_topic>`).
     pub topic: Arc<str>,
+    /// Its join_ref, for the channel's `system` notices.
+    pub join_ref: Option<Arc<str>>,
     /// Its bindings that cover this table.
     pub bindings: Vec<TableBinding>,
     /// Role and claims; replaced on token refresh.
     pub auth: RwLock<Arc<SubscriberAuth>>,
     /// What the subscriber may see of a row.
     pub view: Arc<ColumnView>,
+    /// Whether the channel got `Subscribed to PostgreSQL` (shared by its tables).
+    pub notified: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Subscription {
@@ -260,6 +264,7 @@ mod tests {
             outbox: ob.clone(),
             vsn: Vsn::V2,
             topic: "realtime:room".into(),
+            join_ref: None,
             bindings: vec![TableBinding {
                 id: 7,
                 event: EventFilter::All,
@@ -273,6 +278,7 @@ mod tests {
                 hidden: vec![],
                 only: None,
             }),
+            notified: Arc::default(),
         })
     }
 

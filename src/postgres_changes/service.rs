@@ -339,14 +339,14 @@ impl PostgresChanges {
         let mut specs = Vec::with_capacity(entries.len());
         for entry in entries {
             specs.push((
-                crate::channel::postgres_changes_id(entry),
+                crate::channel::join::postgres_changes_id(entry),
                 BindingSpec::parse(entry)?,
             ));
         }
         let extension = tenant
             .extensions
             .iter()
-            .find(|e| e.extension_type == POSTGRES_CDC_RLS)
+            .find(|e| e.kind == POSTGRES_CDC_RLS)
             .ok_or(SubscribeError::NotEnabled)?;
         let settings = self
             .shared
@@ -515,7 +515,7 @@ fn max_record_bytes(tenant: &Tenant) -> usize {
     tenant
         .extensions
         .iter()
-        .find(|e| e.extension_type == POSTGRES_CDC_RLS)
+        .find(|e| e.kind == POSTGRES_CDC_RLS)
         .and_then(|e| e.settings.get("poll_max_record_bytes"))
         .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
         .and_then(|v| usize::try_from(v).ok())
