@@ -23,6 +23,8 @@ use crate::config::Config;
 use crate::db::{Db, TenantDbs};
 use crate::hub::Hub;
 use crate::limits::{Limits, LimitsConfig};
+use crate::postgres_changes::replication::LocalOwnership;
+use crate::postgres_changes::service::PostgresChanges;
 use crate::presence::{NoReplication, Presence};
 use crate::tasks::Owner;
 use crate::tenants::{self, Cipher, TenantChange, Tenants};
@@ -84,6 +86,8 @@ pub struct RunningApp {
     db: Db,
     /// Tenant database pools (Postgres Changes); closed after the sockets and the HTTP server.
     tenant_dbs: TenantDbs,
+    /// Postgres Changes: subscriptions, streams and their consumers.
+    changes: PostgresChanges,
     hub: Arc<Hub>,
     transport: Arc<Transport>,
     draining: Arc<AtomicBool>,
@@ -136,19 +140,22 @@ impl RunningApp {
         }
         // 2. Not ready: new joins are refused while the sockets drain.
         self.draining.store(true, Ordering::Relaxed);
-        // 3. Drain the sockets: each tells its client (close 1001) and ends.
+        // 3. Release the streams: their positions are confirmed and their slots kept, so the
+        //    next owner (or this node after a restart) resumes without loss.
+        self.changes.shutdown(TASK_GRACE).await;
+        // 4. Drain the sockets: each tells its client (close 1001) and ends.
         if !self.transport.shutdown(SOCKET_DRAIN_GRACE).await {
             tracing::warn!(
                 open = self.transport.sockets.open(),
                 "sockets still open after the drain grace period"
             );
         }
-        // 4. Background tasks, then the HTTP server (in-flight requests finish).
+        // 5. Background tasks, then the HTTP server (in-flight requests finish).
         if !self.background.shutdown(TASK_GRACE).await {
             tracing::warn!("background tasks still running after the grace period");
         }
         let server_stopped = self.server.shutdown(TASK_GRACE).await;
-        // 5. Tenant database pools: nothing uses them once sockets and requests are done.
+        // 6. Tenant database pools: nothing uses them once sockets and requests are done.
         if !self.tenant_dbs.shutdown(TASK_GRACE).await {
             tracing::warn!("tenant database tasks still running after the grace period");
         }
@@ -199,6 +206,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         TenantDbs::with_owner(tenants.clone(), config.tenant_db.clone(), owner.child())
             .context("tenant database pools")?;
 
+    // Streams start with a tenant's first subscriber; this node owns every tenant until the
+    // cluster's ring decides.
+    let changes = PostgresChanges::new(
+        tenants.clone(),
+        tenant_dbs.clone(),
+        config.replication.clone(),
+        Arc::new(LocalOwnership),
+        &owner,
+    );
+
     let fallback_tenant = config.tenants.fallback_tenant.clone();
     let state = ApiState {
         fallback_tenant: fallback_tenant.clone(),
@@ -228,6 +245,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         join_error_backoff: config.channel.join_error_backoff,
         claim_validators: config.api.jwt_claim_validators.clone(),
         draining: draining.clone(),
+        changes: changes.clone(),
     });
     let transport = Arc::new(Transport {
         channels,
@@ -297,6 +315,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         tenants,
         db,
         tenant_dbs,
+        changes,
         hub,
         transport,
         draining,

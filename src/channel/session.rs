@@ -33,6 +33,9 @@ use crate::error::{ErrorCode, OperationalError};
 use crate::hub::{ChannelSlot, FanoutMessage, Frame, Hub, Outbox, RoomKey, Subscriber};
 use crate::limits::{ConnectedUser, FixedWindow, LimitExceeded, Limits, TenantLimiter};
 use crate::phoenix::{self, Inbound, InboundPayload, Vsn};
+use crate::postgres_changes::service::{
+    PostgresChanges, PreparedSubscription, Registration, SUBSCRIBED, SubscribeError, notice_frame,
+};
 use crate::presence::Presence;
 use crate::tenants::{Tenant, Tenants};
 use crate::types::{ConnId, TenantId};
@@ -64,6 +67,8 @@ pub struct ChannelContext {
     pub claim_validators: Map<String, Value>,
     /// Set while the node drains: new joins are refused with `RealtimeRestarting`.
     pub draining: Arc<AtomicBool>,
+    /// Postgres Changes subscriptions and streams.
+    pub changes: PostgresChanges,
 }
 
 /// What the socket task should do after a session call.
@@ -113,6 +118,8 @@ struct Joined {
     presence_key: Arc<str>,
     /// The client presence window (PROTOCOL.md 5.4), per channel as in the original.
     presence_window: FixedWindow,
+    /// The channel's Postgres Changes subscriptions (removed when the channel is dropped).
+    changes: Option<Registration>,
 }
 
 fn unix_now() -> i64 {
@@ -151,6 +158,8 @@ pub struct PreparedJoin {
     request: JoinRequest,
     tenant: Option<Arc<Tenant>>,
     decision: Result<Admitted, JoinError>,
+    /// The channel's Postgres Changes, prepared (when it asked for any and was admitted).
+    changes: Option<Result<PreparedSubscription, SubscribeError>>,
 }
 
 type Preparation = Pin<Box<dyn Future<Output = PreparedJoin> + Send>>;
@@ -176,6 +185,7 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
         request,
         tenant: None,
         decision: Err(err),
+        changes: None,
     };
     let draining = input.ctx.draining.load(Ordering::Relaxed);
     if let Err(err) = admission::check_before_lookup(&request.sub_topic, draining) {
@@ -207,10 +217,28 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
             instant: std::time::Instant::now(),
         },
     );
+    // The subscription's waits (tenant database, catalog, stream start) happen here too, so
+    // the join reply is sent only once every change committed after it will be delivered.
+    let changes = match &decision {
+        Ok(admitted) if !request.config.postgres_changes.is_empty() => Some(
+            input
+                .ctx
+                .changes
+                .prepare(
+                    &tenant,
+                    &request.config.postgres_changes,
+                    &admitted.claims.role,
+                    &admitted.claims.all,
+                )
+                .await,
+        ),
+        _ => None,
+    };
     PreparedJoin {
         request,
         tenant: Some(tenant),
         decision,
+        changes,
     }
 }
 
@@ -461,6 +489,7 @@ impl Session {
             request,
             tenant,
             decision,
+            changes,
         } = prepared;
         if let Some(tenant) = tenant {
             self.tenant = tenant;
@@ -477,12 +506,18 @@ impl Session {
             Ok(admitted)
         });
         match decision {
-            Ok(admitted) => self.subscribe(request, admitted, out),
+            Ok(admitted) => self.subscribe(request, admitted, changes, out),
             Err(err) => self.refuse(&request, &err),
         }
     }
 
-    fn subscribe(&mut self, request: JoinRequest, admitted: Admitted, out: &mut Vec<Frame>) {
+    fn subscribe(
+        &mut self,
+        request: JoinRequest,
+        admitted: Admitted,
+        changes: Option<Result<PreparedSubscription, SubscribeError>>,
+        out: &mut Vec<Frame>,
+    ) {
         let JoinRequest {
             topic,
             sub_topic,
@@ -518,6 +553,41 @@ impl Session {
             &response,
         );
         tracing::debug!(tenant = %self.tenant.external_id, topic = %topic, conn = %self.conn, "channel joined");
+        let registration = match changes {
+            Some(Ok(prepared)) => {
+                let (registration, streaming) = prepared.register(
+                    self.conn,
+                    slot,
+                    self.outbox.clone(),
+                    self.vsn,
+                    &topic,
+                    join_ref.as_deref(),
+                );
+                if streaming {
+                    out.push(notice_frame(
+                        self.vsn,
+                        join_ref.as_deref(),
+                        &topic,
+                        true,
+                        SUBSCRIBED,
+                    ));
+                }
+                Some(registration)
+            }
+            Some(Err(err)) => {
+                tracing::warn!(error_code = %err.code(), tenant = %self.tenant.external_id, topic = %topic,
+                    error = %err, "unable to subscribe to Postgres changes");
+                out.push(notice_frame(
+                    self.vsn,
+                    join_ref.as_deref(),
+                    &topic,
+                    false,
+                    &err.client_message(),
+                ));
+                None
+            }
+            None => None,
+        };
         let presence_key = config
             .presence_key
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
@@ -536,6 +606,7 @@ impl Session {
                 delivered_in_batch: false,
                 presence_key: presence_key.into(),
                 presence_window: self.ctx.presence.client_window(&self.tenant.limits),
+                changes: registration,
             },
         );
         if presence_enabled {
@@ -845,6 +916,9 @@ impl Session {
             Ok(claims) => {
                 let expires_at = expiry_instant(claims.exp, unix_now());
                 if let Some(channel) = self.channels.get_mut(topic) {
+                    if let Some(changes) = &channel.changes {
+                        changes.refresh(&claims.role, &claims.all);
+                    }
                     channel.token = token;
                     channel.claims = claims;
                     channel.expires_at = expires_at;

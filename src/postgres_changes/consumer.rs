@@ -147,7 +147,13 @@ impl Consumer {
                     sub.outbox.push(Outbound::Fanout {
                         slot: sub.channel.slot,
                         kind: FanoutKind::PostgresChanges,
-                        frame: notice_frame(sub.vsn, sub.join_ref.as_deref(), &sub.topic, false, &message),
+                        frame: notice_frame(
+                            sub.vsn,
+                            sub.join_ref.as_deref(),
+                            &sub.topic,
+                            false,
+                            &message,
+                        ),
                     });
                 }
             }
@@ -251,7 +257,10 @@ impl Consumer {
                     continue;
                 }
                 let keys: Vec<&str> = table.key_columns.iter().map(String::as_str).collect();
-                self.shared.stats.rls_queries.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .rls_queries
+                    .fetch_add(1, Ordering::Relaxed);
                 match rls::visible_rows(&**client, table.oid, &keys, &table.as_checks()).await {
                     Ok(visibility) => answers[i] = Some(visibility),
                     Err(err) => {

@@ -210,7 +210,11 @@ fn key_values(
 }
 
 /// Step 1: matches every change of `changes` against the subscriptions of `tenant`.
-pub(crate) fn plan<'a>(tenant: &TenantId, registry: &Registry, changes: &'a [PendingChange]) -> Plan<'a> {
+pub(crate) fn plan<'a>(
+    tenant: &TenantId,
+    registry: &Registry,
+    changes: &'a [PendingChange],
+) -> Plan<'a> {
     let mut snapshots: HashMap<(&str, &str), Option<Arc<TableSubs>>> = HashMap::new();
     let mut plan = Plan {
         changes,
@@ -274,20 +278,23 @@ pub(crate) fn plan<'a>(tenant: &TenantId, registry: &Registry, changes: &'a [Pen
                         None => candidate.verdict = Verdict::Hidden,
                         Some(key) => {
                             let auth = sub.auth();
-                            let slot = *groups
-                                .entry((subs.meta.oid, auth.clone()))
-                                .or_insert_with(|| {
-                                    let t = *table_checks.entry(subs.meta.oid).or_insert_with(|| {
-                                        plan.checks.push(TableChecks {
-                                            oid: subs.meta.oid,
-                                            key_columns: subs.meta.primary_key.clone(),
-                                            groups: Vec::new(),
-                                        });
-                                        plan.checks.len() - 1
+                            let slot =
+                                *groups
+                                    .entry((subs.meta.oid, auth.clone()))
+                                    .or_insert_with(|| {
+                                        let t = *table_checks.entry(subs.meta.oid).or_insert_with(
+                                            || {
+                                                plan.checks.push(TableChecks {
+                                                    oid: subs.meta.oid,
+                                                    key_columns: subs.meta.primary_key.clone(),
+                                                    groups: Vec::new(),
+                                                });
+                                                plan.checks.len() - 1
+                                            },
+                                        );
+                                        plan.checks[t].groups.push((auth, Vec::new()));
+                                        (t, plan.checks[t].groups.len() - 1)
                                     });
-                                    plan.checks[t].groups.push((auth, Vec::new()));
-                                    (t, plan.checks[t].groups.len() - 1)
-                                });
                             let keys = &mut plan.checks[slot.0].groups[slot.1].1;
                             if keys.last() != Some(key) {
                                 keys.push(key.clone());
@@ -312,7 +319,11 @@ struct Rendered {
     old: Vec<Option<Range<usize>>>,
 }
 
-fn render_value(buf: &mut String, ty: values::PgType, value: Option<&TupleValue<'_>>) -> Option<Range<usize>> {
+fn render_value(
+    buf: &mut String,
+    ty: values::PgType,
+    value: Option<&TupleValue<'_>>,
+) -> Option<Range<usize>> {
     let start = buf.len();
     match value? {
         TupleValue::Null => buf.push_str("null"),
@@ -366,13 +377,26 @@ impl Plan<'_> {
         max_record_bytes: usize,
     ) -> Delivered {
         for candidate in &mut self.candidates {
-            let Some((t, g)) = candidate.check else { continue };
-            let Some(row) = &self.decoded[candidate.change] else { continue };
+            let Some((t, g)) = candidate.check else {
+                continue;
+            };
+            let Some(row) = &self.decoded[candidate.change] else {
+                continue;
+            };
             let change = &self.changes[candidate.change];
-            let meta = &self.tables[candidate.change].as_ref().expect("table of a candidate").meta;
-            candidate.verdict = match answers.get(t).and_then(|a| a.as_ref()).and_then(|a| a.get(g)) {
+            let meta = &self.tables[candidate.change]
+                .as_ref()
+                .expect("table of a candidate")
+                .meta;
+            candidate.verdict = match answers
+                .get(t)
+                .and_then(|a| a.as_ref())
+                .and_then(|a| a.get(g))
+            {
                 None => Verdict::CheckFailed,
-                Some(Visibility::Failed { sqlstate, .. }) if sqlstate == "42501" => Verdict::Unauthorized,
+                Some(Visibility::Failed { sqlstate, .. }) if sqlstate == "42501" => {
+                    Verdict::Unauthorized
+                }
                 Some(Visibility::Failed { .. }) => Verdict::CheckFailed,
                 Some(visibility) => match key_values(&change.relation, row, &meta.primary_key) {
                     Some(key) => {
@@ -393,8 +417,13 @@ impl Plan<'_> {
         for candidate in &self.candidates {
             let change = &self.changes[candidate.change];
             let relation = &change.relation;
-            let Some(row) = &self.decoded[candidate.change] else { continue };
-            let meta = &self.tables[candidate.change].as_ref().expect("table of a candidate").meta;
+            let Some(row) = &self.decoded[candidate.change] else {
+                continue;
+            };
+            let meta = &self.tables[candidate.change]
+                .as_ref()
+                .expect("table of a candidate")
+                .meta;
             if current.as_ref().is_none_or(|(i, _)| *i != candidate.change) {
                 current = Some((candidate.change, render(relation, row)));
                 encoded.clear();
@@ -409,14 +438,18 @@ impl Plan<'_> {
                 }
                 Verdict::Unauthorized => Some(ERROR_UNAUTHORIZED),
                 Verdict::CheckFailed => Some(ERROR_RLS_FAILED),
-                Verdict::Deliver if row.kind != ChangeKind::Delete && meta.primary_key.is_empty() => {
+                Verdict::Deliver
+                    if row.kind != ChangeKind::Delete && meta.primary_key.is_empty() =>
+                {
                     Some(ERROR_NO_PRIMARY_KEY)
                 }
                 Verdict::Deliver if key_hidden => Some(ERROR_UNAUTHORIZED),
                 Verdict::Deliver => None,
             };
             let data: Arc<str> = match error {
-                Some(error) => payload::error_data(&relation.schema, &relation.name, row.kind, &[error]).into(),
+                Some(error) => {
+                    payload::error_data(&relation.schema, &relation.name, row.kind, &[error]).into()
+                }
                 None => {
                     let ptr = Arc::as_ptr(view);
                     if let Some((_, data)) = encoded.iter().find(|(p, _)| *p == ptr) {

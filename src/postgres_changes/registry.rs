@@ -60,7 +60,9 @@ pub(crate) struct ColumnView {
 impl ColumnView {
     /// Returns true when the view shows `column`.
     pub(crate) fn shows(&self, column: &str) -> bool {
-        self.hidden.binary_search_by(|h| h.as_str().cmp(column)).is_err()
+        self.hidden
+            .binary_search_by(|h| h.as_str().cmp(column))
+            .is_err()
             && self
                 .only
                 .as_ref()

@@ -81,9 +81,9 @@ impl OperationalError for SubscribeError {
             SubscribeError::Stream(e) => e.code(),
             SubscribeError::NotEnabled => ErrorCode::RealtimeDisabledForConfiguration,
             SubscribeError::Settings(e) => e.code(),
-            SubscribeError::NoTable(_)
-            | SubscribeError::Catalog(_)
-            | SubscribeError::Timeout => ErrorCode::UnableToSubscribeToPostgres,
+            SubscribeError::NoTable(_) | SubscribeError::Catalog(_) | SubscribeError::Timeout => {
+                ErrorCode::UnableToSubscribeToPostgres
+            }
         }
     }
 
@@ -192,8 +192,7 @@ impl PreparedSubscription {
         join_ref: Option<&str>,
     ) -> (Registration, bool) {
         let channel = ChannelKey { conn, slot };
-        let streaming = self.service.streams.is_streaming(&self.tenant);
-        let notified = Arc::new(AtomicBool::new(streaming));
+        let notified = Arc::new(AtomicBool::new(false));
         let topic: Arc<str> = topic.into();
         let join_ref: Option<Arc<str>> = join_ref.map(Into::into);
         let subs = self
@@ -215,6 +214,10 @@ impl PreparedSubscription {
             })
             .collect();
         self.service.registry.insert(&self.tenant, subs);
+        // After the insert: either this sees the stream streaming, or the consumer's notice
+        // (sent when it connects) sees this subscription; `notified` makes it exactly once.
+        let streaming = self.service.streams.is_streaming(&self.tenant)
+            && !notified.swap(true, Ordering::AcqRel);
         (
             Registration {
                 service: self.service,
@@ -323,7 +326,12 @@ impl PostgresChanges {
         role: &str,
         claims: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<PreparedSubscription, SubscribeError> {
-        match tokio::time::timeout(PREPARE_TIMEOUT, self.prepare_inner(tenant, entries, role, claims)).await {
+        match tokio::time::timeout(
+            PREPARE_TIMEOUT,
+            self.prepare_inner(tenant, entries, role, claims),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => Err(SubscribeError::Timeout),
         }
@@ -517,7 +525,10 @@ fn max_record_bytes(tenant: &Tenant) -> usize {
         .iter()
         .find(|e| e.kind == POSTGRES_CDC_RLS)
         .and_then(|e| e.settings.get("poll_max_record_bytes"))
-        .and_then(|v| v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
         .and_then(|v| usize::try_from(v).ok())
         .unwrap_or(1 << 20)
 }
@@ -555,7 +566,13 @@ impl StreamStatus {
 pub(crate) fn notify_subscribed(registry: &Registry, tenant: &TenantId) {
     for sub in registry.channels(tenant) {
         if !sub.notified.swap(true, Ordering::AcqRel) {
-            let frame = notice_frame(sub.vsn, sub.join_ref.as_deref(), &sub.topic, true, SUBSCRIBED);
+            let frame = notice_frame(
+                sub.vsn,
+                sub.join_ref.as_deref(),
+                &sub.topic,
+                true,
+                SUBSCRIBED,
+            );
             sub.outbox.push(Outbound::Fanout {
                 slot: sub.channel.slot,
                 kind: crate::hub::FanoutKind::PostgresChanges,
