@@ -27,6 +27,11 @@ use crate::types::TenantId;
 
 /// Most changes dispatched in one batch.
 pub(crate) const MAX_BATCH_CHANGES: usize = 4096;
+/// How long a new stream's consumer waits after the subscription that started it registered,
+/// for the other subscribers of a restart to register too.
+pub(crate) const RESUME_GRACE: Duration = Duration::from_millis(500);
+/// Longest wait for that registration.
+const GATE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Attempts of a batch's RLS checks before its checked deliveries become error payloads.
 const RLS_ATTEMPTS: u32 = 3;
 
@@ -92,8 +97,13 @@ impl Consumer {
         }
     }
 
-    /// Runs until the stream ends (stopped, or this node shuts down).
-    pub(crate) async fn run(mut self) {
+    /// Runs until the stream ends (stopped, or this node shuts down). Starts dispatching once
+    /// `opened` says the subscription that started the stream is registered, and
+    /// [`RESUME_GRACE`] later, so the subscribers of a restarted node that rejoin together all
+    /// get the changes the slot kept meanwhile.
+    pub(crate) async fn run(mut self, mut opened: tokio::sync::watch::Receiver<bool>) {
+        let _ = tokio::time::timeout(GATE_TIMEOUT, opened.wait_for(|open| *open)).await;
+        tokio::time::sleep(RESUME_GRACE).await;
         while let Some(event) = self.events.recv().await {
             self.apply(event);
             while self.open_from < MAX_BATCH_CHANGES {

@@ -140,6 +140,24 @@ impl Drop for StreamLease {
     }
 }
 
+/// Holds a new stream's consumer until the subscription that started it is registered (or
+/// given up), so changes the slot kept while nobody listened (a node restart) reach it.
+#[derive(Debug)]
+pub(crate) struct StartGate {
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl StartGate {
+    fn new() -> (Arc<StartGate>, tokio::sync::watch::Receiver<bool>) {
+        let (open, rx) = tokio::sync::watch::channel(false);
+        (Arc::new(StartGate { open }), rx)
+    }
+
+    fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
 /// A subscription ready to be registered by the socket loop.
 #[derive(Debug)]
 pub(crate) struct PreparedSubscription {
@@ -147,7 +165,19 @@ pub(crate) struct PreparedSubscription {
     tenant: TenantId,
     auth: Arc<SubscriberAuth>,
     tables: Vec<PreparedTable>,
-    lease: StreamLease,
+    /// Moves to the [`Registration`]; released with this value when it is never registered.
+    lease: Option<StreamLease>,
+    /// Set when this subscription started the tenant's stream.
+    gate: Option<Arc<StartGate>>,
+}
+
+impl Drop for PreparedSubscription {
+    fn drop(&mut self) {
+        // Registered or abandoned: either way the consumer may go on.
+        if let Some(gate) = &self.gate {
+            gate.open();
+        }
+    }
 }
 
 /// A channel's registered subscriptions; dropping it (leave, close, rejoin) removes them.
@@ -156,7 +186,7 @@ pub(crate) struct Registration {
     service: Arc<Shared>,
     tenant: TenantId,
     channel: ChannelKey,
-    _lease: StreamLease,
+    _lease: Option<StreamLease>,
 }
 
 impl Registration {
@@ -183,7 +213,7 @@ impl PreparedSubscription {
     /// stream is already streaming (then `Subscribed to PostgreSQL` may be sent at once;
     /// otherwise the consumer sends it when the stream connects).
     pub(crate) fn register(
-        self,
+        mut self,
         conn: ConnId,
         slot: ChannelSlot,
         outbox: Outbox,
@@ -195,8 +225,7 @@ impl PreparedSubscription {
         let notified = Arc::new(AtomicBool::new(false));
         let topic: Arc<str> = topic.into();
         let join_ref: Option<Arc<str>> = join_ref.map(Into::into);
-        let subs = self
-            .tables
+        let subs = std::mem::take(&mut self.tables)
             .into_iter()
             .map(|t| {
                 let sub = Arc::new(Subscription {
@@ -218,12 +247,13 @@ impl PreparedSubscription {
         // (sent when it connects) sees this subscription; `notified` makes it exactly once.
         let streaming = self.service.streams.is_streaming(&self.tenant)
             && !notified.swap(true, Ordering::AcqRel);
+        // The lease moves to the registration; `self`, dropped here, opens the gate.
         (
             Registration {
-                service: self.service,
-                tenant: self.tenant,
+                service: self.service.clone(),
+                tenant: self.tenant.clone(),
                 channel,
-                _lease: self.lease,
+                _lease: self.lease.take(),
             },
             streaming,
         )
@@ -461,7 +491,7 @@ impl PostgresChanges {
             });
         }
         drop(client);
-        let lease = self.start_stream(tenant, &settings, pool)?;
+        let (lease, gate) = self.start_stream(tenant, &settings, pool)?;
         Ok(PreparedSubscription {
             service: self.shared.clone(),
             tenant: tenant.external_id.clone(),
@@ -470,7 +500,8 @@ impl PostgresChanges {
                 claims: serde_json::Value::Object(claims.clone()).to_string(),
             }),
             tables,
-            lease,
+            lease: Some(lease),
+            gate,
         })
     }
 
@@ -479,7 +510,7 @@ impl PostgresChanges {
         tenant: &Tenant,
         settings: &crate::tenants::TenantDbSettings,
         pool: TenantPool,
-    ) -> Result<StreamLease, SubscribeError> {
+    ) -> Result<(StreamLease, Option<Arc<StartGate>>), SubscribeError> {
         let streams = &self.shared.streams;
         let slot = SlotName::for_tenant(
             &settings.slot_name,
@@ -501,7 +532,9 @@ impl PostgresChanges {
             streams: streams.clone(),
             tenant: id.clone(),
         };
+        let mut gate = None;
         if let Ensured::Started { handle, events } = ensured {
+            let (start_gate, opened) = StartGate::new();
             let consumer = super::consumer::Consumer::new(
                 id,
                 self.shared.clone(),
@@ -512,9 +545,10 @@ impl PostgresChanges {
             );
             self.shared
                 .owner
-                .spawn("postgres changes consumer", consumer.run());
+                .spawn("postgres changes consumer", consumer.run(opened));
+            gate = Some(start_gate);
         }
-        Ok(lease)
+        Ok((lease, gate))
     }
 }
 

@@ -437,6 +437,20 @@ export async function startPostgres() {
         encoding: 'utf8',
       });
     },
+    /** Stops the cluster (fast shutdown: sessions and walsenders are cut) and starts it again. */
+    restart({ downMs = 0 } = {}) {
+      const ctl = (args) => {
+        const [c, a] = asPg(path.join(PGBIN, 'pg_ctl'), ['-D', data, ...args]);
+        const r = spawnSync(c, a, { encoding: 'utf8' });
+        if (r.status !== 0) throw new Error(`pg_ctl ${args[0]} failed: ${r.stderr || r.stdout}`);
+      };
+      ctl(['-m', 'fast', '-w', 'stop']);
+      if (downMs > 0) spawnSync('sleep', [String(downMs / 1000)]);
+      ctl(['-l', path.join(root, 'pg.log'), '-w', '-o',
+        `-p ${port} -k ${root} -c listen_addresses=127.0.0.1 -c wal_level=logical ` +
+          '-c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off -c max_connections=200',
+        'start']);
+    },
     stop() {
       stop();
       unhook();

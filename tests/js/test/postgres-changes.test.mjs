@@ -295,4 +295,36 @@ describe('postgres changes', () => {
     assert.deepEqual(good.changes[1].map((p) => p.new.id), [2]);
     assert.equal(env.pg.sql(`select to_regclass('public.victim') is not null`).trim(), 't');
   });
+
+  it('rows committed while the server was down arrive after realtime-js rejoins', async () => {
+    const t = table('id int primary key');
+    const sub = await listen([{ event: 'INSERT', schema: 'public', table: t }]);
+    await expectOk(sub);
+    env.pg.sql(`insert into public.${q(t)} values (1);`);
+    await arrived(sub.changes[0], 1);
+    await env.server.stop({ signal: 'SIGKILL' });
+    env.pg.sql(`insert into public.${q(t)} values (2), (3);`);
+    await env.server.start();
+    const ids = () => sub.changes[0].map((p) => p.new.id);
+    await waitUntil(() => ids().includes(3), { timeout: 30_000, label: `rows after the restart (got ${ids()})` });
+    env.pg.sql(`insert into public.${q(t)} values (4);`);
+    await waitUntil(() => ids().includes(4), { label: `row 4 (got ${ids()})` });
+    // At least once across a crash: a change delivered but not yet confirmed to the slot when
+    // the node died comes again; none is lost and the order holds.
+    assert.deepEqual([...new Set(ids())], [1, 2, 3, 4]);
+    assert.deepEqual(ids().slice(-3), [2, 3, 4]);
+  });
+
+  it('the tenant database going down mid-stream and coming back: changes resume, none lost', async () => {
+    const t = table('id int primary key, body text', { rls: true });
+    env.pg.sql(`create policy all_rows on public.${q(t)} for select to anon using (true);`);
+    const sub = await listen([{ event: 'INSERT', schema: 'public', table: t }]);
+    await expectOk(sub);
+    env.pg.sql(`insert into public.${q(t)} values (1, 'before');`);
+    await arrived(sub.changes[0], 1);
+    env.pg.restart({ downMs: 1500 });
+    env.pg.sql(`insert into public.${q(t)} values (2, 'after');`);
+    await waitUntil(() => sub.changes[0].length >= 2, { timeout: 30_000, label: `rows after the database restart (got ${JSON.stringify(sub.changes[0])})` });
+    assert.deepEqual(sub.changes[0].map((p) => p.new.body), ['before', 'after']);
+  });
 });
