@@ -121,6 +121,7 @@ pub(crate) struct Condition {
     value: FilterValue,
 }
 
+#[cfg(test)]
 impl Condition {
     /// Builds a condition; the value must be a list exactly when `op` is `in`.
     pub(crate) fn new(
@@ -245,10 +246,12 @@ impl Filter {
     }
 
     /// Builds a filter from conditions; `None` when there are none.
+    #[cfg(test)]
     pub(crate) fn from_conditions(conditions: Vec<Condition>) -> Option<Filter> {
         (!conditions.is_empty()).then_some(Filter { conditions })
     }
 
+    #[cfg(test)]
     pub(crate) fn conditions(&self) -> &[Condition] {
         &self.conditions
     }
@@ -534,6 +537,10 @@ enum Test {
 struct CompiledCondition {
     column: Box<str>,
     /// Position of the column in the `columns` given to [`Filter::compile`].
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "read by matches_at, used by the tests")
+    )]
     index: usize,
     ty: ColType,
     negate: bool,
@@ -557,6 +564,7 @@ impl CompiledFilter {
 
     /// Like [`matches`](Self::matches), with columns given by their position in the `columns`
     /// slice the filter was compiled with.
+    #[cfg(test)]
     pub(crate) fn matches_at<'r>(&self, row: impl Fn(usize) -> Option<ColumnValue<'r>>) -> bool {
         self.conditions
             .iter()
@@ -564,6 +572,7 @@ impl CompiledFilter {
     }
 
     /// The names of the columns the filter reads, in condition order (with repeats).
+    #[cfg(test)]
     pub(crate) fn columns(&self) -> impl Iterator<Item = &str> {
         self.conditions.iter().map(|c| &*c.column)
     }

@@ -242,14 +242,6 @@ impl Registry {
         }
         out
     }
-
-    /// Returns true when `tenant` has at least one subscription.
-    pub(crate) fn has_tenant(&self, tenant: &TenantId) -> bool {
-        self.tenants
-            .read()
-            .expect("registry lock")
-            .contains_key(tenant)
-    }
 }
 
 #[cfg(test)]
@@ -331,7 +323,7 @@ mod tests {
                 slot: 1
             }
         ));
-        assert!(!reg.has_tenant(&tenant));
+        assert!(reg.channels(&tenant).is_empty());
     }
 
     #[test]

@@ -23,9 +23,7 @@ use super::registry::{
     ChannelKey, ColumnView, Registry, SubscriberAuth, Subscription, TableBinding, TableMeta,
     TableName,
 };
-use super::replication::{
-    Ensured, ReplicationError, ReplicationTarget, SlotName, StreamManager, StreamStatus,
-};
+use super::replication::{Ensured, ReplicationError, ReplicationTarget, SlotName, StreamManager};
 use crate::config::ReplicationConfig;
 use crate::db::{TenantDbError, TenantDbs, TenantPool, catalog};
 use crate::error::{ErrorCode, OperationalError};
@@ -331,16 +329,6 @@ impl PostgresChanges {
         }
     }
 
-    /// The stream manager (shutdown, stats).
-    pub(crate) fn streams(&self) -> &StreamManager {
-        &self.shared.streams.manager
-    }
-
-    /// Counters of the consumers.
-    pub(crate) fn stats(&self) -> &super::consumer::ConsumerStats {
-        &self.shared.stats
-    }
-
     /// Stops the consumers and the streams (positions confirmed, slots kept).
     pub(crate) async fn shutdown(&self, grace: Duration) {
         self.shared.streams.manager.shutdown().await;
@@ -586,13 +574,6 @@ fn describe(spec: &BindingSpec) -> String {
         filters,
         select
     )
-}
-
-impl StreamStatus {
-    /// Whether the stream reads from its slot right now.
-    pub(crate) fn is_streaming(&self) -> bool {
-        matches!(self, StreamStatus::Streaming { .. })
-    }
 }
 
 /// Marks every not-yet-notified subscription of `tenant` as notified and queues its
