@@ -140,22 +140,22 @@ impl RunningApp {
         }
         // 2. Not ready: new joins are refused while the sockets drain.
         self.draining.store(true, Ordering::Relaxed);
-        // 3. Release the streams: their positions are confirmed and their slots kept, so the
+        // 4. Release the streams (3, leaving the cluster, arrives with it): their positions are confirmed and their slots kept, so the
         //    next owner (or this node after a restart) resumes without loss.
         self.changes.shutdown(TASK_GRACE).await;
-        // 4. Drain the sockets: each tells its client (close 1001) and ends.
+        // 5. Drain the sockets: each tells its client (close 1001) and ends.
         if !self.transport.shutdown(SOCKET_DRAIN_GRACE).await {
             tracing::warn!(
                 open = self.transport.sockets.open(),
                 "sockets still open after the drain grace period"
             );
         }
-        // 5. Background tasks, then the HTTP server (in-flight requests finish).
+        // 7. Background tasks, then the HTTP server (in-flight requests finish).
         if !self.background.shutdown(TASK_GRACE).await {
             tracing::warn!("background tasks still running after the grace period");
         }
         let server_stopped = self.server.shutdown(TASK_GRACE).await;
-        // 6. Tenant database pools: nothing uses them once sockets and requests are done.
+        //    Tenant database pools: nothing uses them once sockets and requests are done.
         if !self.tenant_dbs.shutdown(TASK_GRACE).await {
             tracing::warn!("tenant database tasks still running after the grace period");
         }

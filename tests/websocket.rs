@@ -99,6 +99,15 @@ async fn join_heartbeat_and_leave_frames_are_exact_in_v2() {
             .iter()
             .all(|e| e["id"].as_u64().is_some_and(|id| id > 0))
     );
+    // The test database publishes no `todos`: the join stands and the channel is told
+    // (PROTOCOL.md 3.5), with the channel's join_ref and no ref.
+    assert_eq!(
+        recv_json(&mut ws).await,
+        json!(["1", null, "realtime:room1", "system", {
+            "extension": "postgres_changes", "status": "error", "channel": "room1",
+            "message": "Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: [event: *, schema: public, table: todos, filters: [id=eq.1], select: nil]"
+        }])
+    );
 
     send(&mut ws, json!([null, "7", "phoenix", "heartbeat", {}])).await;
     assert_eq!(
