@@ -313,6 +313,22 @@ impl PostgresChanges {
         owner: &Owner,
     ) -> PostgresChanges {
         let manager = StreamManager::new(owner, config.clone(), ownership);
+        let service_owner = owner.child();
+        // A deleted tenant's stream stops and its slot goes at once.
+        let mut events = tenants.subscribe();
+        let forget = manager.clone();
+        service_owner.spawn("postgres changes tenant events", async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(event) if event.change == crate::tenants::TenantChange::Deleted => {
+                        forget.forget(&event.tenant).await;
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
         PostgresChanges {
             shared: Arc::new(Shared {
                 registry: Arc::new(Registry::new()),
@@ -323,7 +339,7 @@ impl PostgresChanges {
                     config,
                     streaming: RwLock::new(HashMap::new()),
                 }),
-                owner: owner.child(),
+                owner: service_owner,
                 stats: Arc::default(),
             }),
         }

@@ -269,10 +269,28 @@ impl StreamManager {
                 _ => return,
             }
         };
+        self.drop_slot_retrying(tenant, &target).await;
+    }
+
+    /// Stops `tenant`'s stream, if any, and drops its slot at once (the tenant was deleted: its
+    /// slot must not pin WAL for the retain window).
+    pub async fn forget(&self, tenant: &TenantId) {
+        let (handle, target) = match self.entries().remove(tenant) {
+            Some(Entry::Running { handle, target, .. }) => (Some(handle), target),
+            Some(Entry::Retained { target, .. }) => (None, target),
+            None => return,
+        };
+        if let Some(handle) = handle {
+            handle.shutdown().await;
+        }
+        self.drop_slot_retrying(tenant, &target).await;
+    }
+
+    async fn drop_slot_retrying(&self, tenant: &TenantId, target: &ReplicationTarget) {
         let mut backoff =
             Backoff::new(self.inner.config.backoff_min, self.inner.config.backoff_max);
         for attempt in 1..=DROP_ATTEMPTS {
-            match self.drop_slot(&target).await {
+            match self.drop_slot(target).await {
                 Ok(dropped) => {
                     if dropped {
                         self.inner.stats.count_dropped();

@@ -6,7 +6,7 @@
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
-import { startEnv, tenantJwt, subscribed, collect, sleep, uid, waitUntil } from '../harness.mjs';
+import { startEnv, tenantJwt, subscribed, collect, sleep, uid, waitUntil, httpRequest, freePort } from '../harness.mjs';
 
 /** Time allowed for something that must NOT arrive. */
 const QUIET_MS = 600;
@@ -326,5 +326,39 @@ describe('postgres changes', () => {
     env.pg.sql(`insert into public.${q(t)} values (2, 'after');`);
     await waitUntil(() => sub.changes[0].length >= 2, { timeout: 30_000, label: `rows after the database restart (got ${JSON.stringify(sub.changes[0])})` });
     assert.deepEqual(sub.changes[0].map((p) => p.new.body), ['before', 'after']);
+  });
+
+  it('a tenant whose database is down gets a clear system error fast; the socket stays healthy', async () => {
+    const closedPort = await freePort();
+    const down = await env.createTenant({
+      extensions: [{ type: 'postgres_cdc_rls', settings: {
+        region: 'us-east-1', db_host: '127.0.0.1', db_port: String(closedPort), db_name: 'postgres',
+        db_user: 'postgres', db_password: 'postgres', ssl_enforced: false } }],
+    });
+    const c = env.client({ tenant: down.externalId, token: tenantJwt(down.jwtSecret) });
+    const started = Date.now();
+    const sub = await listen([{ event: '*', schema: 'public', table: 'anything' }], { client: c });
+    assert.equal(sub.notice.status, 'error');
+    assert.match(sub.notice.message, /Unable to connect to the project database/);
+    assert.ok(Date.now() - started < 8000, 'answered within the connect timeout');
+    // Broadcast still works on the same socket.
+    const room = c.channel(uid('room-'), { config: { broadcast: { self: true } } });
+    const got = collect(room);
+    await subscribed(room);
+    await room.send({ type: 'broadcast', event: 'e', payload: { ok: 1 } });
+    await got.waitFor((m) => m.event === 'e');
+  });
+
+  it('deleting a tenant stops its stream and drops its slot', async () => {
+    const gone = await env.createTenant();
+    const slot = gone.record?.extensions?.[0]?.settings?.slot_name ?? `rt_slot_${gone.externalId.replace(/[^a-z0-9]/gi, '_').toLowerCase()}`;
+    const t = table('id int primary key');
+    const sub = await listen([{ event: '*', schema: 'public', table: t }], { token: tenantJwt(gone.jwtSecret), client: env.client({ tenant: gone.externalId, token: tenantJwt(gone.jwtSecret) }) });
+    await expectOk(sub);
+    const slots = () => env.pg.sql(`select count(*) from pg_replication_slots where slot_name = '${slot}'`).trim();
+    assert.equal(slots(), '1', 'the tenant has a permanent slot while streaming');
+    const r = await httpRequest(env.port, { method: 'DELETE', path: `/api/tenants/${gone.externalId}`, headers: { authorization: `Bearer ${env.apiToken()}` } });
+    assert.ok(r.status === 204 || r.status === 200, `DELETE → ${r.status}`);
+    await waitUntil(() => slots() === '0', { timeout: 15_000, label: `slot ${slot} dropped` });
   });
 });
