@@ -237,6 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         node.clone(),
     ));
     let draining = Arc::new(AtomicBool::new(false));
+    let tokens = Arc::new(crate::auth::VerifiedTokens::new());
     let channels = Arc::new(ChannelContext {
         tenants: tenants.clone(),
         hub: hub.clone(),
@@ -244,6 +245,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         presence,
         join_error_backoff: config.channel.join_error_backoff,
         claim_validators: config.api.jwt_claim_validators.clone(),
+        tokens: tokens.clone(),
         draining: draining.clone(),
         changes: changes.clone(),
     });
@@ -265,6 +267,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     );
     background.spawn("idle limit sweeper", sweep_idle_limits(limits.clone()));
     let broadcast_api = Arc::new(api::BroadcastApi {
+        tokens: tokens.clone(),
         tenants: tenants.clone(),
         broadcaster: broadcaster.clone(),
         limits: limits.clone(),

@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use tower_http::cors::{AllowHeaders, Any, CorsLayer};
 
 use super::ApiError;
-use crate::auth::{TenantKeys, verify_client_token};
+use crate::auth::TenantKeys;
 use crate::broadcast::Broadcaster;
 use crate::error::{ErrorCode, OperationalError};
 use crate::hub::{FanoutMessage, RoomKey};
@@ -34,6 +34,8 @@ pub struct BroadcastApi {
     pub limits: Arc<Limits>,
     /// `JWT_CLAIM_VALIDATORS`.
     pub claim_validators: Map<String, Value>,
+    /// Tokens verified before (shared with the WebSocket edge).
+    pub tokens: Arc<crate::auth::VerifiedTokens>,
     /// `FALLBACK_TENANT`, as for WebSockets.
     pub fallback_tenant: Option<TenantId>,
     /// Largest request body, bytes.
@@ -159,7 +161,7 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Refu
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    if let Err(err) = verify_client_token(&token, keys, &api.claim_validators, unix) {
+    if let Err(err) = api.tokens.verify(&token, keys, &api.claim_validators, unix) {
         tracing::info!(error_code = %err.code(), tenant = %tenant.external_id, "HTTP broadcast token refused: {err}");
         return Err((ApiError::Unauthorized, Some((tenant, rate))));
     }

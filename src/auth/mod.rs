@@ -7,6 +7,8 @@
 
 mod api_token;
 mod client_token;
+mod token_cache;
 
 pub use api_token::{self_test, verify_api_token};
 pub use client_token::{Claims, TenantKeys, TokenError, verify_client_token};
+pub use token_cache::VerifiedTokens;

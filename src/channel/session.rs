@@ -65,6 +65,8 @@ pub struct ChannelContext {
     pub join_error_backoff: Duration,
     /// `JWT_CLAIM_VALIDATORS`.
     pub claim_validators: Map<String, Value>,
+    /// Tokens verified before: a socket opened with a known token skips the signature check.
+    pub tokens: Arc<crate::auth::VerifiedTokens>,
     /// Set while the node drains: new joins are refused with `RealtimeRestarting`.
     pub draining: Arc<AtomicBool>,
     /// Postgres Changes subscriptions and streams.

@@ -11,7 +11,7 @@ use super::Transport;
 use super::error::HandshakeError;
 use super::socket::{SocketParams, run_socket};
 use super::sockets::SocketPermit;
-use crate::auth::{TenantKeys, verify_client_token};
+use crate::auth::TenantKeys;
 use crate::error::OperationalError;
 use crate::hub::outbox;
 use crate::phoenix::Vsn;
@@ -173,7 +173,12 @@ async fn admit(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    let claims = verify_client_token(&token, keys, &transport.channels.claim_validators, now)?;
+    let claims = transport.channels.tokens.verify(
+        &token,
+        keys,
+        &transport.channels.claim_validators,
+        now,
+    )?;
     let limiter = transport.limits.check_handshake(
         &tenant.external_id,
         &tenant.limits,
