@@ -20,6 +20,7 @@
 //! the first TCP connect to the last `phx_reply` ok.
 
 mod baseline;
+mod changes;
 mod client;
 mod presence;
 mod stats;
@@ -51,6 +52,14 @@ scenarios (--scenario):
   e | presence --conns (100) clients track on one topic (real server only, needs --url): time
                until every view is complete vs the same fan-out as broadcasts, then presence
                updates at --rates (100/s total) for --duration: presence events/s delivered
+  f | changes  Postgres Changes (real server only, needs --url and --pg): phase raw = the
+               replication slot's own rate, undecoded vs decoded to JSON (--raw-rows 200000 in
+               transactions of --raw-batch 1000); fanout = --conns (500) anon subscribers on
+               --topics (10) binding INSERT on public.bench_rows, rows at --rates
+               (20,50,100,200,400,800 rows/s), each to all; rls = --conns authenticated
+               subscribers in teams of 10 on public.bench_rls_rows (RLS), rows at --rls-rates
+               (500,1000,2000,3000,4000 rows/s) to their team, steps bounded by
+               --rls-p99-limit-ms (default --p99-limit-ms); --phases raw,fanout,rls
   custom       --topics T --subs-per-topic S --pubs-per-topic P --rates R1,R2,..
 
 targets:
@@ -59,6 +68,7 @@ targets:
   --baseline auto|none|ws://...                (auto) spawn this binary's baseline-server
   --baseline-pid PID  --baseline-port 4100  --baseline-cpus 0 (taskset list for auto)
   --tenant realtime-dev  --jwt-secret S  --vsn 2|1
+  --pg postgres://postgres:postgres@127.0.0.1:5432/postgres   tenant database (changes)
 
 load:
   --payload 100 (bytes)  --duration 5  --warmup 1  --repeat 3  --drain-max 5 (seconds)
@@ -112,6 +122,12 @@ struct Opts {
     p99_limit_ms: f64,
     stop_on_fail: bool,
     threads: Option<usize>,
+    pg: Option<String>,
+    rls_rates: Option<Vec<f64>>,
+    phases: Option<Vec<String>>,
+    raw_rows: usize,
+    raw_batch: usize,
+    rls_p99_limit_ms: Option<f64>,
 }
 
 impl Default for Opts {
@@ -152,6 +168,12 @@ impl Default for Opts {
             p99_limit_ms: 100.0,
             stop_on_fail: false,
             threads: None,
+            pg: None,
+            rls_rates: None,
+            phases: None,
+            raw_rows: 200_000,
+            raw_batch: 1000,
+            rls_p99_limit_ms: None,
         }
     }
 }
@@ -246,6 +268,12 @@ impl Opts {
                 "--hold" => o.hold = parse_num(key, value)?,
                 "--p99-limit-ms" => o.p99_limit_ms = parse_num(key, value)?,
                 "--threads" => o.threads = Some(parse_num(key, value)?),
+                "--pg" => o.pg = Some(value.to_owned()),
+                "--rls-rates" => o.rls_rates = Some(parse_list(key, value)?),
+                "--phases" => o.phases = Some(parse_list(key, value)?),
+                "--raw-rows" => o.raw_rows = parse_num(key, value)?,
+                "--raw-batch" => o.raw_batch = parse_num(key, value)?,
+                "--rls-p99-limit-ms" => o.rls_p99_limit_ms = Some(parse_num(key, value)?),
                 _ => return Err(format!("unknown option {key}")),
             }
         }
@@ -276,6 +304,9 @@ enum Work {
     Presence {
         conns: usize,
         rate: f64,
+    },
+    Changes {
+        conns: usize,
     },
 }
 
@@ -324,6 +355,9 @@ impl Work {
                     .and_then(|r| r.first().copied())
                     .unwrap_or(100.0),
             },
+            "f" | "changes" => Work::Changes {
+                conns: o.conns.unwrap_or(500),
+            },
             "custom" => Work::Steps {
                 topics: o.topics.unwrap_or(1),
                 subs_per_topic: o.subs_per_topic,
@@ -343,9 +377,10 @@ impl Work {
                 pubs_per_topic,
                 ..
             } => topics * (subs_per_topic + pubs_per_topic),
-            Work::Idle { conns, .. } | Work::Joins { conns } | Work::Presence { conns, .. } => {
-                *conns
-            }
+            Work::Idle { conns, .. }
+            | Work::Joins { conns }
+            | Work::Presence { conns, .. }
+            | Work::Changes { conns } => *conns,
         }
     }
 }
@@ -1038,6 +1073,9 @@ async fn run(o: Opts) -> Result<(), String> {
     if let Work::Presence { conns, rate } = work {
         return run_presence(&o, token, conns, rate).await;
     }
+    if let Work::Changes { .. } = work {
+        return changes::run(&o).await;
+    }
     let mut targets = Vec::new();
     let mut _spawned = None;
     match &o.baseline {
@@ -1097,8 +1135,10 @@ async fn run(o: Opts) -> Result<(), String> {
             Work::Steps { .. } => run_steps(cfg, &work, &o, target).await,
             Work::Idle { conns, topics } => run_idle(cfg, *conns, *topics, &o, target).await,
             Work::Joins { conns } => run_joins(cfg, *conns, &o).await,
-            // Handled by `run_presence` before any target is set up.
-            Work::Presence { .. } => return Err("presence runs without targets".into()),
+            // Handled by `run_presence` / `changes::run` before any target is set up.
+            Work::Presence { .. } | Work::Changes { .. } => {
+                return Err("presence and changes run without targets".into());
+            }
         };
         let fields: Vec<(&str, String)> = headline(&work, &o, &out)
             .into_iter()
@@ -1282,6 +1322,14 @@ mod tests {
         let p =
             Work::from_opts(&Opts::parse(&args("--scenario presence --conns 7")).unwrap()).unwrap();
         assert_eq!(p.connections(), 7);
+        let f = Opts::parse(&args(
+            "--scenario f --pg postgres://u:p@h:1/d --rls-rates 5,6 --phases raw,rls",
+        ))
+        .unwrap();
+        assert_eq!(Work::from_opts(&f).unwrap(), Work::Changes { conns: 500 });
+        assert_eq!(f.rls_rates, Some(vec![5.0, 6.0]));
+        assert_eq!(f.phases, Some(vec!["raw".to_owned(), "rls".to_owned()]));
+        assert_eq!(f.pg.as_deref(), Some("postgres://u:p@h:1/d"));
     }
 
     #[test]
