@@ -78,20 +78,20 @@ $rs$;
     },
     TenantMigration {
         version: 2,
-        name: "rs_visible_rows: batched RLS check of Postgres Changes",
-        sql: VISIBLE_ROWS_FUNCTION,
+        name: "rs_probe_sql: the RLS probe of Postgres Changes",
+        sql: PROBE_SQL_FUNCTION,
     },
 ];
 
-/// `realtime.rs_visible_rows(rel, key_columns, checks)`: for each (role, claims) set of
-/// `checks` (`[{"role","claims","keys":[[key values...]...]}]`), switches to that role and those
-/// claims (transaction-local, PostgREST style) and returns the keys of `rel` it can see, or one
-/// row with the set's error (`SQLSTATE message`). Used by `postgres_changes::rls`; identifiers
-/// are quoted with `format('%I')` and values cast from the `jsonb`, never spliced in.
-const VISIBLE_ROWS_FUNCTION: &str = r#"
-create or replace function realtime.rs_visible_rows(rel regclass, key_columns text[], checks jsonb)
-returns table(check_index integer, key_values text[], error text)
-language plpgsql volatile
+/// `realtime.rs_probe_sql(rel, key_columns)`: the text of the statement that returns which of
+/// a list of primary keys of `rel` the current role and claims can see: `$1` is a `jsonb` array of
+/// keys, each an array of text values in `key_columns` order; the answer is one `text[]` key per
+/// visible row. Identifiers are quoted with `format('%I')` and types come from the catalog, so
+/// the text is safe to prepare; values are always bound. Used by `postgres_changes::rls`.
+const PROBE_SQL_FUNCTION: &str = r#"
+create or replace function realtime.rs_probe_sql(rel regclass, key_columns text[])
+returns text
+language plpgsql stable
 set search_path = ''
 as $fn$
 declare
@@ -99,9 +99,6 @@ declare
   wanted_cols text;
   key_cols text;
   key_casts text;
-  probe text;
-  chk jsonb;
-  idx integer := -1;
 begin
   select count(*),
          string_agg(format('%I::text', k.name), ', ' order by k.ord),
@@ -113,23 +110,11 @@ begin
     join pg_catalog.pg_attribute a
       on a.attrelid = rel and a.attname = k.name and a.attnum > 0 and not a.attisdropped;
   if found is distinct from cardinality(key_columns) or found = 0 then
-    raise exception 'rs_visible_rows: % has no column among %', rel, key_columns;
+    raise exception 'rs_probe_sql: % has no column among %', rel, key_columns;
   end if;
-  probe := format(
-    'select $2, array[%s], null::text from %s where (%s) in (select %s from pg_catalog.jsonb_array_elements($1) as t(key))',
+  return format(
+    'select array[%s] from %s where (%s) in (select %s from pg_catalog.jsonb_array_elements($1::jsonb) as t(key))',
     wanted_cols, rel::text, key_cols, key_casts);
-  for chk in select value from pg_catalog.jsonb_array_elements(checks) loop
-    idx := idx + 1;
-    begin
-      perform pg_catalog.set_config('role', chk->>'role', true);
-      perform pg_catalog.set_config('request.jwt.claims', chk->>'claims', true);
-      perform pg_catalog.set_config('request.jwt.claim.sub', coalesce((chk->>'claims')::jsonb->>'sub', ''), true);
-      perform pg_catalog.set_config('request.jwt.claim.role', chk->>'role', true);
-      return query execute probe using chk->'keys', idx;
-    exception when others then
-      return query select idx, null::text[], sqlstate || ' ' || sqlerrm;
-    end;
-  end loop;
 end
 $fn$
 "#;

@@ -69,6 +69,8 @@ pub(crate) struct Consumer {
     commit_timestamp: Arc<str>,
     /// The last commit in `batch[..open_from]`: what to confirm after dispatching it.
     last_commit: Option<Lsn>,
+    /// The RLS probe text of each table checked so far (prepared per connection).
+    probes: HashMap<u32, String>,
 }
 
 impl Consumer {
@@ -94,6 +96,7 @@ impl Consumer {
             in_transaction: false,
             commit_timestamp: "".into(),
             last_commit: None,
+            probes: HashMap::new(),
         }
     }
 
@@ -266,16 +269,35 @@ impl Consumer {
                 if answers[i].is_some() {
                     continue;
                 }
-                let keys: Vec<&str> = table.key_columns.iter().map(String::as_str).collect();
                 self.shared
                     .stats
                     .rls_queries
                     .fetch_add(1, Ordering::Relaxed);
-                match rls::visible_rows(&**client, table.oid, &keys, &table.as_checks()).await {
+                let result = async {
+                    let sql = match self.probes.get(&table.oid) {
+                        Some(sql) => sql.clone(),
+                        None => {
+                            let sql =
+                                rls::probe_sql(&client, table.oid, &table.key_columns).await?;
+                            self.probes.insert(table.oid, sql.clone());
+                            sql
+                        }
+                    };
+                    let statements = rls::Statements {
+                        set_claims: client.prepare_cached(rls::SET_CLAIMS).await?,
+                        probe: client.prepare_cached(&sql).await?,
+                    };
+                    rls::visible_rows(&client, &statements, &table.as_checks()).await
+                }
+                .await;
+                match result {
                     Ok(visibility) => answers[i] = Some(visibility),
                     Err(err) => {
                         tracing::warn!(tenant = %self.tenant, error_code = %err.code(), error = %err,
                             "RLS check failed; retried");
+                        // The table may have changed: write its probe again.
+                        self.probes.remove(&table.oid);
+                        client.statement_cache.clear();
                         failed = true;
                     }
                 }

@@ -2,13 +2,15 @@
 //! subscriber may see, checked as that subscriber's role and JWT claims, in batches.
 //!
 //! One call of [`visible_rows`] checks a whole batch of changes of one table for every distinct
-//! (role, claims) set at once: a single statement, `realtime.rs_visible_rows`, which for each
-//! set switches to the role and claims (transaction-local, PostgREST style, so `auth.uid()` and
-//! `auth.jwt()` work), selects the batch's primary keys through the table's policies, and reports
-//! the keys it could see. A set whose check fails (a role that does not exist, a policy that
-//! raises) gets an error of its own; every other set is still answered. Nothing of the user's
-//! input is concatenated into SQL: the table is a `regclass` parameter, key columns are quoted by
-//! `format('%I')` inside the function and values are cast from a `jsonb` parameter.
+//! (role, claims) set: one transaction, pipelined on one connection (no round trip per set),
+//! holding for each set two prepared statements: [`SET_CLAIMS`] (the role and claims,
+//! transaction-local, PostgREST style, so `auth.uid()` and `auth.jwt()` work) and the table's
+//! probe (`realtime.rs_probe_sql`: which of the batch's primary keys the policies let through).
+//! Prepared once per connection, the probe is planned once and executed per set. A set whose
+//! statements fail (a role that does not exist, a policy that raises) gets an error of its own;
+//! the sets after it in the aborted transaction are checked again in a new one. Nothing of the
+//! user's input is concatenated into SQL: identifiers are quoted by `format('%I')` in the tenant
+//! function that writes the probe, and values are bound.
 //!
 //! The check sees the table as it is when the batch is checked, not as it was at commit (as in
 //! the original). DELETEs are not checked (the row is gone).
@@ -63,6 +65,9 @@ pub(crate) enum RlsError {
     /// The statement failed (connection lost, the function missing, a bad table).
     #[error("row-level security check failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// Every set of a round failed as part of an aborted transaction (not expected).
+    #[error("row-level security check made no progress")]
+    Stalled,
 }
 
 impl OperationalError for RlsError {
@@ -75,48 +80,157 @@ impl OperationalError for RlsError {
     }
 }
 
-/// Checks, for each set of `checks`, which of its keys of table `relation` (an oid) it can see.
-/// The answer has one entry per check, in order.
-pub(crate) async fn visible_rows<C: GenericClient>(
-    client: &C,
+/// Sets the role and claims of one check, transaction-locally: `$1` role, `$2` claims JSON,
+/// `$3` the `sub` claim (or empty).
+pub(crate) const SET_CLAIMS: &str = "select pg_catalog.set_config('role', $1, true), \
+     pg_catalog.set_config('request.jwt.claims', $2, true), \
+     pg_catalog.set_config('request.jwt.claim.sub', $3, true), \
+     pg_catalog.set_config('request.jwt.claim.role', $1, true)";
+
+/// SQLSTATE of a statement sent after an earlier one of the same transaction failed.
+const IN_FAILED_TRANSACTION: &str = "25P02";
+
+/// Returns the text of `relation`'s probe (to prepare): `$1` a `jsonb` array of keys, each an
+/// array of text values in `key_columns` order; one `text[]` row per visible key.
+pub(crate) async fn probe_sql(
+    client: &tokio_postgres::Client,
     relation: u32,
-    key_columns: &[&str],
-    checks: &[RlsCheck<'_>],
-) -> Result<Vec<Visibility>, RlsError> {
-    let mut out: Vec<Visibility> = checks
-        .iter()
-        .map(|_| Visibility::Visible(HashSet::new()))
-        .collect();
-    if checks.is_empty() {
-        return Ok(out);
-    }
-    let payload = serde_json::to_value(checks).expect("checks serialize");
-    let columns: Vec<String> = key_columns.iter().map(|c| (*c).to_string()).collect();
-    let rows = client
-        .query(
-            "select check_index, key_values, error \
-             from realtime.rs_visible_rows($1::oid::regclass, $2, $3)",
-            &[&relation, &columns, &tokio_postgres::types::Json(&payload)],
+    key_columns: &[String],
+) -> Result<String, RlsError> {
+    let row = client
+        .query_one(
+            "select realtime.rs_probe_sql($1::oid::regclass, $2)",
+            &[&relation, &key_columns],
         )
         .await?;
-    for row in rows {
-        let index: i32 = row.get(0);
-        let Some(slot) = usize::try_from(index).ok().and_then(|i| out.get_mut(i)) else {
-            continue;
-        };
-        if let Some(error) = row.get::<_, Option<String>>(2) {
-            let (sqlstate, message) = error.split_once(' ').unwrap_or(("XX000", &error));
-            *slot = Visibility::Failed {
-                sqlstate: sqlstate.to_string(),
-                message: message.to_string(),
-            };
-        } else if let (Visibility::Visible(keys), Some(values)) =
-            (&mut *slot, row.get::<_, Option<Vec<Option<String>>>>(1))
-        {
-            keys.insert(values.into_iter().map(Option::unwrap_or_default).collect());
+    Ok(row.get(0))
+}
+
+/// The two prepared statements of a check on one connection.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    /// [`SET_CLAIMS`].
+    pub set_claims: tokio_postgres::Statement,
+    /// The table's probe ([`probe_sql`]).
+    pub probe: tokio_postgres::Statement,
+}
+
+type Step<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>>
+            + Send
+            + 'a,
+    >,
+>;
+
+fn sqlstate(err: &tokio_postgres::Error) -> String {
+    err.code()
+        .map_or_else(|| "XX000".to_string(), |c| c.code().to_string())
+}
+
+fn message(err: &tokio_postgres::Error) -> String {
+    err.as_db_error()
+        .map_or_else(|| err.to_string(), |e| e.message().to_string())
+}
+
+/// Checks, for each set of `checks`, which of its keys it can see through the probe of
+/// `statements`. The answer has one entry per check, in order.
+///
+/// # Errors
+/// [`RlsError`] when the connection fails (every set is then unanswered).
+pub(crate) async fn visible_rows(
+    client: &tokio_postgres::Client,
+    statements: &Statements,
+    checks: &[RlsCheck<'_>],
+) -> Result<Vec<Visibility>, RlsError> {
+    let mut out: Vec<Option<Visibility>> = checks.iter().map(|_| None).collect();
+    let keys: Vec<serde_json::Value> = checks
+        .iter()
+        .map(|c| serde_json::to_value(&c.keys).expect("keys serialize"))
+        .collect();
+    let subs: Vec<String> = checks
+        .iter()
+        .map(|c| {
+            serde_json::from_str::<serde_json::Value>(c.claims)
+                .ok()
+                .and_then(|v| v.get("sub").and_then(|s| s.as_str()).map(str::to_string))
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut pending: Vec<usize> = (0..checks.len()).collect();
+    while !pending.is_empty() {
+        // One pipeline: BEGIN, (claims, probe) per pending set, ROLLBACK; requests go out in
+        // this order because each future sends its request when first polled, in order.
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(pending.len() * 2 + 2);
+        steps.push(Box::pin(async {
+            client.batch_execute("begin").await.map(|()| Vec::new())
+        }));
+        for &i in &pending {
+            let (role, claims) = (checks[i].role, checks[i].claims);
+            let (sub, keys) = (subs[i].as_str(), &keys[i]);
+            let set_claims = &statements.set_claims;
+            let probe = &statements.probe;
+            steps.push(Box::pin(async move {
+                client.query(set_claims, &[&role, &claims, &sub]).await
+            }));
+            steps.push(Box::pin(async move {
+                client
+                    .query(probe, &[&tokio_postgres::types::Json(keys)])
+                    .await
+            }));
         }
+        steps.push(Box::pin(async {
+            client.batch_execute("rollback").await.map(|()| Vec::new())
+        }));
+        let mut results = futures::future::join_all(steps).await.into_iter();
+        results.next().expect("begin result")?;
+        let mut retry = Vec::new();
+        for &i in &pending {
+            let set = results.next().expect("claims result");
+            let probe = results.next().expect("probe result");
+            let failure = match (&set, &probe) {
+                (Err(e), _) | (Ok(_), Err(e)) => Some(e),
+                _ => None,
+            };
+            match failure {
+                Some(e) if sqlstate(e) == IN_FAILED_TRANSACTION => retry.push(i),
+                Some(e) => {
+                    out[i] = Some(Visibility::Failed {
+                        sqlstate: sqlstate(e),
+                        message: message(e),
+                    });
+                }
+                None => {
+                    let visible = probe
+                        .expect("probe ok")
+                        .iter()
+                        .map(|row| {
+                            row.get::<_, Vec<Option<String>>>(0)
+                                .into_iter()
+                                .map(Option::unwrap_or_default)
+                                .collect()
+                        })
+                        .collect();
+                    out[i] = Some(Visibility::Visible(visible));
+                }
+            }
+        }
+        let ended = results.next().expect("rollback result");
+        if let Err(e) = ended
+            && retry.is_empty()
+        {
+            return Err(RlsError::Query(e));
+        }
+        // Each round answers at least the set that failed first, so this ends.
+        if retry.len() == pending.len() {
+            return Err(RlsError::Stalled);
+        }
+        pending = retry;
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .map(|v| v.expect("every set answered"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -188,6 +302,15 @@ mod tests {
             .get(0)
     }
 
+    async fn statements(client: &tokio_postgres::Client, rel: u32, keys: &[&str]) -> Statements {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_string()).collect();
+        let sql = probe_sql(client, rel, &keys).await.expect("probe text");
+        Statements {
+            set_claims: client.prepare(SET_CLAIMS).await.expect("prepare claims"),
+            probe: client.prepare(&sql).await.expect("prepare probe"),
+        }
+    }
+
     const A: &str = "00000000-0000-0000-0000-00000000000a";
     const B: &str = "00000000-0000-0000-0000-00000000000b";
 
@@ -221,7 +344,8 @@ mod tests {
                 keys: all,
             },
         ];
-        let out = visible_rows(&client, rel, &["Owner Id", "n°"], &checks)
+        let st = statements(&client, rel, &["Owner Id", "n°"]).await;
+        let out = visible_rows(&client, &st, &checks)
             .await
             .expect("batch answers");
         assert_eq!(out.len(), 4);
@@ -257,12 +381,26 @@ mod tests {
                 claims: r#"{"sub":"good","role":"authenticated"}"#,
                 keys: vec![vec!["1"], vec!["2"], vec!["3"]],
             },
+            RlsCheck {
+                role: "authenticated",
+                claims: r#"{"sub":"bad","role":"authenticated"}"#,
+                keys: vec![vec!["2"]],
+            },
+            RlsCheck {
+                role: "authenticated",
+                claims: r#"{"sub":"also good","role":"authenticated"}"#,
+                keys: vec![vec!["2"]],
+            },
         ];
-        let out = visible_rows(&client, rel, &["id"], &checks).await.unwrap();
+        let st = statements(&client, rel, &["id"]).await;
+        let out = visible_rows(&client, &st, &checks).await.unwrap();
         assert!(
             matches!(&out[0], Visibility::Failed { message, .. } if message.contains("policy exploded"))
         );
         assert!(out[1].sees(&["1"]) && out[1].sees(&["2"]) && !out[1].sees(&["3"]));
+        // Sets after a failure in the same transaction are checked again, not failed.
+        assert!(matches!(&out[2], Visibility::Failed { .. }));
+        assert!(out[3].sees(&["2"]));
     }
 
     #[tokio::test]
@@ -274,7 +412,8 @@ mod tests {
             claims: r#"{"sub":"x'); drop table public.boom; --","role":"authenticated"}"#,
             keys: vec![vec!["1); drop table public.boom; --"], vec!["2"]],
         }];
-        let out = visible_rows(&client, rel, &["id"], &checks).await.unwrap();
+        let st = statements(&client, rel, &["id"]).await;
+        let out = visible_rows(&client, &st, &checks).await.unwrap();
         // The bad key fails the cast: the whole set reports it, nothing runs.
         assert!(
             matches!(&out[0], Visibility::Failed { message, .. } if message.contains("invalid input syntax"))
@@ -285,7 +424,7 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(still_there, 2);
-        let bad_column = visible_rows(&client, rel, &["id\"; drop"], &checks).await;
+        let bad_column = probe_sql(&client, rel, &["id\"; drop".to_string()]).await;
         assert!(bad_column.is_err());
     }
 }
