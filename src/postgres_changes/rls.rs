@@ -18,7 +18,6 @@
 use std::collections::HashSet;
 
 use serde::Serialize;
-use tokio_postgres::GenericClient;
 
 use crate::error::{ErrorCode, OperationalError};
 
