@@ -52,6 +52,19 @@ pub(crate) struct ConsumerStats {
     pub losses: AtomicU64,
 }
 
+/// Checks `checks` on one connection with its cached prepared statements.
+async fn check_on(
+    client: &crate::db::TenantClient,
+    probe_sql: &str,
+    checks: &[rls::RlsCheck<'_>],
+) -> Result<Vec<Visibility>, rls::RlsError> {
+    let statements = rls::Statements {
+        set_claims: client.prepare_cached(rls::SET_CLAIMS).await?,
+        probe: client.prepare_cached(probe_sql).await?,
+    };
+    rls::visible_rows(client, &statements, checks).await
+}
+
 /// One tenant's consumer task.
 pub(crate) struct Consumer {
     tenant: TenantId,
@@ -264,32 +277,43 @@ impl Consumer {
                     continue;
                 }
             };
+            // A second connection when the pool has one free at once: the sets of a table are
+            // split between them, so the database checks on two cores.
+            let mut clients = vec![client];
+            if let Ok(Ok(extra)) =
+                tokio::time::timeout(Duration::from_millis(2), self.pool.get()).await
+            {
+                clients.push(extra);
+            }
             let mut failed = false;
             for (i, table) in checks.iter().enumerate() {
                 if answers[i].is_some() {
                     continue;
                 }
-                self.shared
-                    .stats
-                    .rls_queries
-                    .fetch_add(1, Ordering::Relaxed);
-                let result = async {
-                    let sql = match self.probes.get(&table.oid) {
-                        Some(sql) => sql.clone(),
-                        None => {
-                            let sql =
-                                rls::probe_sql(&client, table.oid, &table.key_columns).await?;
-                            self.probes.insert(table.oid, sql.clone());
-                            sql
-                        }
-                    };
-                    let statements = rls::Statements {
-                        set_claims: client.prepare_cached(rls::SET_CLAIMS).await?,
-                        probe: client.prepare_cached(&sql).await?,
-                    };
-                    rls::visible_rows(&client, &statements, &table.as_checks()).await
-                }
-                .await;
+                let sql = match self.probes.get(&table.oid) {
+                    Some(sql) => Ok(sql.clone()),
+                    None => rls::probe_sql(&clients[0], table.oid, &table.key_columns).await,
+                };
+                let all = table.as_checks();
+                let per = all.len().div_ceil(clients.len()).max(1);
+                let result = match sql {
+                    Err(err) => Err(err),
+                    Ok(sql) => {
+                        self.probes.insert(table.oid, sql.clone());
+                        let parts = all.chunks(per).zip(&clients).map(|(part, client)| {
+                            self.shared
+                                .stats
+                                .rls_queries
+                                .fetch_add(1, Ordering::Relaxed);
+                            check_on(client, &sql, part)
+                        });
+                        futures::future::join_all(parts)
+                            .await
+                            .into_iter()
+                            .collect::<Result<Vec<Vec<Visibility>>, _>>()
+                            .map(|parts| parts.into_iter().flatten().collect())
+                    }
+                };
                 match result {
                     Ok(visibility) => answers[i] = Some(visibility),
                     Err(err) => {
@@ -297,7 +321,9 @@ impl Consumer {
                             "RLS check failed; retried");
                         // The table may have changed: write its probe again.
                         self.probes.remove(&table.oid);
-                        client.statement_cache.clear();
+                        for client in &clients {
+                            client.statement_cache.clear();
+                        }
                         failed = true;
                     }
                 }
