@@ -112,6 +112,12 @@ begin
   if found is distinct from cardinality(key_columns) or found = 0 then
     raise exception 'rs_probe_sql: % has no column among %', rel, key_columns;
   end if;
+  if found = 1 then
+    -- One key column: one index scan over the sorted array of keys (`= any`), not a join.
+    return format(
+      'select array[%s] from %s where %s = any(array(select %s from pg_catalog.jsonb_array_elements($1::jsonb) as t(key)))',
+      wanted_cols, rel::text, key_cols, key_casts);
+  end if;
   return format(
     'select array[%s] from %s where (%s) in (select %s from pg_catalog.jsonb_array_elements($1::jsonb) as t(key))',
     wanted_cols, rel::text, key_cols, key_casts);
