@@ -115,11 +115,11 @@ begin
   if found = 1 then
     -- One key column: one index scan over the sorted array of keys (`= any`), not a join.
     return format(
-      'select array[%s] from %s where %s = any(array(select %s from pg_catalog.jsonb_array_elements($1::jsonb) as t(key)))',
+      'select array[%s] from %s where %s = any(array(select %s from pg_catalog.jsonb_array_elements($1::text::jsonb) as t(key)))',
       wanted_cols, rel::text, key_cols, key_casts);
   end if;
   return format(
-    'select array[%s] from %s where (%s) in (select %s from pg_catalog.jsonb_array_elements($1::jsonb) as t(key))',
+    'select array[%s] from %s where (%s) in (select %s from pg_catalog.jsonb_array_elements($1::text::jsonb) as t(key))',
     wanted_cols, rel::text, key_cols, key_casts);
 end
 $fn$

@@ -246,7 +246,7 @@ impl Consumer {
             let answers = if plan.checks.is_empty() {
                 Vec::new()
             } else {
-                self.check(&plan.checks).await
+                self.check(&plan.rls_requests()).await
             };
             let delivered = plan.deliver(&answers, self.max_record_bytes);
             let stats = &self.shared.stats;
@@ -263,7 +263,7 @@ impl Consumer {
 
     /// Runs the batch's RLS checks, retrying a failed statement; a table whose check keeps
     /// failing gets `None` (its checked deliveries become error payloads).
-    async fn check(&mut self, checks: &[dispatch::TableChecks]) -> Vec<Option<Vec<Visibility>>> {
+    async fn check(&mut self, checks: &[dispatch::RlsRequest]) -> Vec<Option<Vec<Visibility>>> {
         let mut answers: Vec<Option<Vec<Visibility>>> = checks.iter().map(|_| None).collect();
         for attempt in 0..RLS_ATTEMPTS {
             if attempt > 0 {

@@ -143,29 +143,40 @@ struct Candidate {
     verdict: Verdict,
 }
 
-/// The RLS checks of one table for one batch: one entry per distinct (role, claims) set.
+/// The RLS checks of one table for one batch: one entry per distinct (role, claims) set, with
+/// the changes (indices into the batch) it must be checked for.
 #[derive(Debug)]
 pub(crate) struct TableChecks {
     /// The table's OID.
     pub oid: u32,
     /// Its primary key columns.
     pub key_columns: Vec<String>,
-    /// The sets and the keys each must be checked for.
-    pub groups: Vec<(Arc<SubscriberAuth>, Vec<Vec<String>>)>,
+    /// The sets and the changes each must be checked for, in batch order.
+    pub groups: Vec<(Arc<SubscriberAuth>, Vec<usize>)>,
 }
 
-impl TableChecks {
-    /// The checks in the form [`rls::visible_rows`](super::rls::visible_rows) takes.
+/// One table's checks in the form [`rls::visible_rows`](super::rls::visible_rows) takes: each
+/// set with the JSON text of its keys (shared by sets that probe the same changes, as every set
+/// does when nothing filters).
+#[derive(Debug)]
+pub(crate) struct RlsRequest {
+    /// The table's OID.
+    pub oid: u32,
+    /// Its primary key columns.
+    pub key_columns: Vec<String>,
+    /// Each set and its keys as a JSON array of arrays of text.
+    pub sets: Vec<(Arc<SubscriberAuth>, Arc<str>)>,
+}
+
+impl RlsRequest {
+    /// The checks, borrowing this request.
     pub(crate) fn as_checks(&self) -> Vec<RlsCheck<'_>> {
-        self.groups
+        self.sets
             .iter()
             .map(|(auth, keys)| RlsCheck {
                 role: &auth.role,
                 claims: &auth.claims,
-                keys: keys
-                    .iter()
-                    .map(|k| k.iter().map(String::as_str).collect())
-                    .collect(),
+                keys,
             })
             .collect()
     }
@@ -179,6 +190,8 @@ pub(crate) struct Plan<'a> {
     candidates: Vec<Candidate>,
     /// The RLS checks to run, one entry per table.
     pub checks: Vec<TableChecks>,
+    /// The primary key of each change that needs a check (text form, key order).
+    keys: Vec<Option<Vec<String>>>,
 }
 
 /// Counts of one delivered batch.
@@ -222,8 +235,11 @@ pub(crate) fn plan<'a>(
         tables: Vec::with_capacity(changes.len()),
         candidates: Vec::new(),
         checks: Vec::new(),
+        keys: Vec::with_capacity(changes.len()),
     };
-    // (table oid, claims) -> (index in checks, group index)
+    // (table oid, the subscription's claims) -> (index in checks, group index): by pointer
+    // first (one lookup per candidate), merged by value when a pointer is first seen.
+    let mut by_pointer: HashMap<(u32, *const SubscriberAuth), (usize, usize)> = HashMap::new();
     let mut groups: HashMap<(u32, Arc<SubscriberAuth>), (usize, usize)> = HashMap::new();
     let mut table_checks: HashMap<u32, usize> = HashMap::new();
     for (index, change) in changes.iter().enumerate() {
@@ -241,6 +257,7 @@ pub(crate) fn plan<'a>(
             })
             .clone();
         let decoded = subs.as_ref().and_then(|_| decode(change));
+        let mut key_of_change = None;
         if let (Some(subs), Some(row)) = (&subs, &decoded) {
             let action = row.action();
             let lookup = |name: &str| {
@@ -276,9 +293,10 @@ pub(crate) fn plan<'a>(
                 if needs_check {
                     match &key {
                         None => candidate.verdict = Verdict::Hidden,
-                        Some(key) => {
+                        Some(_) => {
                             let auth = sub.auth();
-                            let slot =
+                            let pointer = (subs.meta.oid, Arc::as_ptr(&auth));
+                            let slot = *by_pointer.entry(pointer).or_insert_with(|| {
                                 *groups
                                     .entry((subs.meta.oid, auth.clone()))
                                     .or_insert_with(|| {
@@ -294,10 +312,11 @@ pub(crate) fn plan<'a>(
                                         );
                                         plan.checks[t].groups.push((auth, Vec::new()));
                                         (t, plan.checks[t].groups.len() - 1)
-                                    });
-                            let keys = &mut plan.checks[slot.0].groups[slot.1].1;
-                            if keys.last() != Some(key) {
-                                keys.push(key.clone());
+                                    })
+                            });
+                            let changes = &mut plan.checks[slot.0].groups[slot.1].1;
+                            if changes.last() != Some(&index) {
+                                changes.push(index);
                             }
                             candidate.check = Some(slot);
                         }
@@ -305,9 +324,11 @@ pub(crate) fn plan<'a>(
                 }
                 plan.candidates.push(candidate);
             }
+            key_of_change = key;
         }
         plan.decoded.push(decoded);
         plan.tables.push(subs);
+        plan.keys.push(key_of_change);
     }
     plan
 }
@@ -368,6 +389,38 @@ fn render(relation: &Relation, row: &Decoded<'_>) -> Rendered {
 }
 
 impl Plan<'_> {
+    /// The checks of [`Plan::checks`] with each set's keys as JSON, in the same order.
+    pub(crate) fn rls_requests(&self) -> Vec<RlsRequest> {
+        self.checks
+            .iter()
+            .map(|table| {
+                let mut memo: HashMap<&[usize], Arc<str>> = HashMap::new();
+                let sets = table
+                    .groups
+                    .iter()
+                    .map(|(auth, changes)| {
+                        let keys = memo
+                            .entry(changes.as_slice())
+                            .or_insert_with(|| {
+                                let keys: Vec<&Vec<String>> = changes
+                                    .iter()
+                                    .filter_map(|&c| self.keys[c].as_ref())
+                                    .collect();
+                                serde_json::to_string(&keys).expect("keys serialize").into()
+                            })
+                            .clone();
+                        (auth.clone(), keys)
+                    })
+                    .collect();
+                RlsRequest {
+                    oid: table.oid,
+                    key_columns: table.key_columns.clone(),
+                    sets,
+                }
+            })
+            .collect()
+    }
+
     /// Step 3: applies the answers of [`Plan::checks`] (`answers[i]` for `checks[i]`, one
     /// [`Visibility`] per group; `None` when that table's check failed as a whole) and queues
     /// every delivery. `max_record_bytes` is the tenant's record size limit.
@@ -380,14 +433,6 @@ impl Plan<'_> {
             let Some((t, g)) = candidate.check else {
                 continue;
             };
-            let Some(row) = &self.decoded[candidate.change] else {
-                continue;
-            };
-            let change = &self.changes[candidate.change];
-            let meta = &self.tables[candidate.change]
-                .as_ref()
-                .expect("table of a candidate")
-                .meta;
             candidate.verdict = match answers
                 .get(t)
                 .and_then(|a| a.as_ref())
@@ -398,16 +443,9 @@ impl Plan<'_> {
                     Verdict::Unauthorized
                 }
                 Some(Visibility::Failed { .. }) => Verdict::CheckFailed,
-                Some(visibility) => match key_values(&change.relation, row, &meta.primary_key) {
-                    Some(key) => {
-                        let key: Vec<&str> = key.iter().map(String::as_str).collect();
-                        if visibility.sees(&key) {
-                            Verdict::Deliver
-                        } else {
-                            Verdict::Hidden
-                        }
-                    }
-                    None => Verdict::Hidden,
+                Some(visibility) => match &self.keys[candidate.change] {
+                    Some(key) if visibility.sees(key) => Verdict::Deliver,
+                    _ => Verdict::Hidden,
                 },
             };
         }

@@ -17,19 +17,18 @@
 
 use std::collections::HashSet;
 
-use serde::Serialize;
-
 use crate::error::{ErrorCode, OperationalError};
 
 /// One (role, claims) set and the primary keys it asks about.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub(crate) struct RlsCheck<'a> {
     /// The subscriber's role (`claims.role`).
     pub role: &'a str,
     /// The subscriber's claims as JSON text.
     pub claims: &'a str,
-    /// Primary keys to probe, each in `key_columns` order, in Postgres text form.
-    pub keys: Vec<Vec<&'a str>>,
+    /// Primary keys to probe as JSON text: an array of keys, each an array of text values in
+    /// `key_columns` order (Postgres text form).
+    pub keys: &'a str,
 }
 
 /// The answer for one [`RlsCheck`].
@@ -48,11 +47,9 @@ pub(crate) enum Visibility {
 
 impl Visibility {
     /// Returns true when `key` is visible.
-    pub(crate) fn sees(&self, key: &[&str]) -> bool {
+    pub(crate) fn sees(&self, key: &Vec<String>) -> bool {
         match self {
-            Visibility::Visible(keys) => keys
-                .iter()
-                .any(|k| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| a == b)),
+            Visibility::Visible(keys) => keys.contains(key),
             Visibility::Failed { .. } => false,
         }
     }
@@ -143,10 +140,6 @@ pub(crate) async fn visible_rows(
     checks: &[RlsCheck<'_>],
 ) -> Result<Vec<Visibility>, RlsError> {
     let mut out: Vec<Option<Visibility>> = checks.iter().map(|_| None).collect();
-    let keys: Vec<serde_json::Value> = checks
-        .iter()
-        .map(|c| serde_json::to_value(&c.keys).expect("keys serialize"))
-        .collect();
     let subs: Vec<String> = checks
         .iter()
         .map(|c| {
@@ -166,17 +159,13 @@ pub(crate) async fn visible_rows(
         }));
         for &i in &pending {
             let (role, claims) = (checks[i].role, checks[i].claims);
-            let (sub, keys) = (subs[i].as_str(), &keys[i]);
+            let (sub, keys) = (subs[i].as_str(), checks[i].keys);
             let set_claims = &statements.set_claims;
             let probe = &statements.probe;
             steps.push(Box::pin(async move {
                 client.query(set_claims, &[&role, &claims, &sub]).await
             }));
-            steps.push(Box::pin(async move {
-                client
-                    .query(probe, &[&tokio_postgres::types::Json(keys)])
-                    .await
-            }));
+            steps.push(Box::pin(async move { client.query(probe, &[&keys]).await }));
         }
         steps.push(Box::pin(async {
             client.batch_execute("rollback").await.map(|()| Vec::new())
@@ -310,6 +299,10 @@ mod tests {
         }
     }
 
+    fn key(parts: &[&str]) -> Vec<String> {
+        parts.iter().map(|p| (*p).to_string()).collect()
+    }
+
     const A: &str = "00000000-0000-0000-0000-00000000000a";
     const B: &str = "00000000-0000-0000-0000-00000000000b";
 
@@ -319,28 +312,28 @@ mod tests {
         let rel = oid(&client, r#"public."Odd ""Notes""""#).await;
         let claims_a = format!(r#"{{"sub":"{A}","role":"authenticated"}}"#);
         let claims_b = format!(r#"{{"sub":"{B}","role":"authenticated"}}"#);
-        let all = vec![vec![A, "1"], vec![A, "2"], vec![B, "1"], vec![B, "9"]];
+        let all = serde_json::to_string(&[[A, "1"], [A, "2"], [B, "1"], [B, "9"]]).unwrap();
         let checks = [
             RlsCheck {
                 role: "authenticated",
                 claims: &claims_a,
-                keys: all.clone(),
+                keys: &all,
             },
             RlsCheck {
                 role: "authenticated",
                 claims: &claims_b,
-                keys: all.clone(),
+                keys: &all,
             },
             // anon has no SELECT grant at all: an error for this set only.
             RlsCheck {
                 role: "anon",
                 claims: r#"{"role":"anon"}"#,
-                keys: all.clone(),
+                keys: &all,
             },
             RlsCheck {
                 role: "no_such_role",
                 claims: r#"{"role":"no_such_role"}"#,
-                keys: all,
+                keys: &all,
             },
         ];
         let st = statements(&client, rel, &["Owner Id", "n°"]).await;
@@ -348,9 +341,13 @@ mod tests {
             .await
             .expect("batch answers");
         assert_eq!(out.len(), 4);
-        assert!(out[0].sees(&[A, "1"]) && out[0].sees(&[A, "2"]));
-        assert!(!out[0].sees(&[B, "1"]));
-        assert!(out[1].sees(&[B, "1"]) && !out[1].sees(&[A, "1"]) && !out[1].sees(&[B, "9"]));
+        assert!(out[0].sees(&key(&[A, "1"])) && out[0].sees(&key(&[A, "2"])));
+        assert!(!out[0].sees(&key(&[B, "1"])));
+        assert!(
+            out[1].sees(&key(&[B, "1"]))
+                && !out[1].sees(&key(&[A, "1"]))
+                && !out[1].sees(&key(&[B, "9"]))
+        );
         assert!(matches!(&out[2], Visibility::Failed { sqlstate, message }
                 if sqlstate == "42501" && message.contains("permission denied")));
         assert!(
@@ -373,22 +370,22 @@ mod tests {
             RlsCheck {
                 role: "authenticated",
                 claims: r#"{"sub":"bad","role":"authenticated"}"#,
-                keys: vec![vec!["1"]],
+                keys: &serde_json::to_string(&[["1"]]).unwrap(),
             },
             RlsCheck {
                 role: "authenticated",
                 claims: r#"{"sub":"good","role":"authenticated"}"#,
-                keys: vec![vec!["1"], vec!["2"], vec!["3"]],
+                keys: &serde_json::to_string(&[["1"], ["2"], ["3"]]).unwrap(),
             },
             RlsCheck {
                 role: "authenticated",
                 claims: r#"{"sub":"bad","role":"authenticated"}"#,
-                keys: vec![vec!["2"]],
+                keys: &serde_json::to_string(&[["2"]]).unwrap(),
             },
             RlsCheck {
                 role: "authenticated",
                 claims: r#"{"sub":"also good","role":"authenticated"}"#,
-                keys: vec![vec!["2"]],
+                keys: &serde_json::to_string(&[["2"]]).unwrap(),
             },
         ];
         let st = statements(&client, rel, &["id"]).await;
@@ -396,10 +393,12 @@ mod tests {
         assert!(
             matches!(&out[0], Visibility::Failed { message, .. } if message.contains("policy exploded"))
         );
-        assert!(out[1].sees(&["1"]) && out[1].sees(&["2"]) && !out[1].sees(&["3"]));
+        assert!(
+            out[1].sees(&key(&["1"])) && out[1].sees(&key(&["2"])) && !out[1].sees(&key(&["3"]))
+        );
         // Sets after a failure in the same transaction are checked again, not failed.
         assert!(matches!(&out[2], Visibility::Failed { .. }));
-        assert!(out[3].sees(&["2"]));
+        assert!(out[3].sees(&key(&["2"])));
     }
 
     #[tokio::test]
@@ -409,7 +408,7 @@ mod tests {
         let checks = [RlsCheck {
             role: "authenticated",
             claims: r#"{"sub":"x'); drop table public.boom; --","role":"authenticated"}"#,
-            keys: vec![vec!["1); drop table public.boom; --"], vec!["2"]],
+            keys: &serde_json::to_string(&[["1); drop table public.boom; --"], ["2"]]).unwrap(),
         }];
         let st = statements(&client, rel, &["id"]).await;
         let out = visible_rows(&client, &st, &checks).await.unwrap();
