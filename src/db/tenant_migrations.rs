@@ -99,13 +99,16 @@ declare
   wanted_cols text;
   key_cols text;
   key_casts text;
+  single_type text;
 begin
+  -- $1 of the probe: the keys flattened into one text[] (n values per key, key order).
   select count(*),
          string_agg(format('%I::text', k.name), ', ' order by k.ord),
          string_agg(format('%I', k.name), ', ' order by k.ord),
-         string_agg(format('(key->>%s)::%s', k.ord - 1, format_type(a.atttypid, a.atttypmod)),
-                    ', ' order by k.ord)
-    into found, wanted_cols, key_cols, key_casts
+         string_agg(format('($1::text[])[g.i * %s + %s]::%s', cardinality(key_columns), k.ord,
+                           format_type(a.atttypid, a.atttypmod)), ', ' order by k.ord),
+         min(format_type(a.atttypid, a.atttypmod))
+    into found, wanted_cols, key_cols, key_casts, single_type
     from unnest(key_columns) with ordinality as k(name, ord)
     join pg_catalog.pg_attribute a
       on a.attrelid = rel and a.attname = k.name and a.attnum > 0 and not a.attisdropped;
@@ -113,14 +116,13 @@ begin
     raise exception 'rs_probe_sql: % has no column among %', rel, key_columns;
   end if;
   if found = 1 then
-    -- One key column: one index scan over the sorted array of keys (`= any`), not a join.
-    return format(
-      'select array[%s] from %s where %s = any(array(select %s from pg_catalog.jsonb_array_elements($1::text::jsonb) as t(key)))',
-      wanted_cols, rel::text, key_cols, key_casts);
+    -- One key column: one index scan over the array of keys (`= any`), not a join.
+    return format('select array[%s] from %s where %s = any($1::text[]::%s[])',
+                  wanted_cols, rel::text, key_cols, single_type);
   end if;
   return format(
-    'select array[%s] from %s where (%s) in (select %s from pg_catalog.jsonb_array_elements($1::text::jsonb) as t(key))',
-    wanted_cols, rel::text, key_cols, key_casts);
+    'select array[%s] from %s where (%s) in (select %s from pg_catalog.generate_series(0, pg_catalog.cardinality($1::text[]) / %s - 1) as g(i))',
+    wanted_cols, rel::text, key_cols, key_casts, found);
 end
 $fn$
 "#;

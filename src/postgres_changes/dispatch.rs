@@ -156,7 +156,7 @@ pub(crate) struct TableChecks {
 }
 
 /// One table's checks in the form [`rls::visible_rows`](super::rls::visible_rows) takes: each
-/// set with the JSON text of its keys (shared by sets that probe the same changes, as every set
+/// set with its keys (shared by sets that probe the same changes, as every set
 /// does when nothing filters).
 #[derive(Debug)]
 pub(crate) struct RlsRequest {
@@ -164,8 +164,8 @@ pub(crate) struct RlsRequest {
     pub oid: u32,
     /// Its primary key columns.
     pub key_columns: Vec<String>,
-    /// Each set and its keys as a JSON array of arrays of text.
-    pub sets: Vec<(Arc<SubscriberAuth>, Arc<str>)>,
+    /// Each set and its keys, flattened (see [`RlsCheck::keys`]).
+    pub sets: Vec<(Arc<SubscriberAuth>, Arc<Vec<String>>)>,
 }
 
 impl RlsRequest {
@@ -394,7 +394,7 @@ impl Plan<'_> {
         self.checks
             .iter()
             .map(|table| {
-                let mut memo: HashMap<&[usize], Arc<str>> = HashMap::new();
+                let mut memo: HashMap<&[usize], Arc<Vec<String>>> = HashMap::new();
                 let sets = table
                     .groups
                     .iter()
@@ -402,11 +402,14 @@ impl Plan<'_> {
                         let keys = memo
                             .entry(changes.as_slice())
                             .or_insert_with(|| {
-                                let keys: Vec<&Vec<String>> = changes
-                                    .iter()
-                                    .filter_map(|&c| self.keys[c].as_ref())
-                                    .collect();
-                                serde_json::to_string(&keys).expect("keys serialize").into()
+                                Arc::new(
+                                    changes
+                                        .iter()
+                                        .filter_map(|&c| self.keys[c].as_ref())
+                                        .flatten()
+                                        .cloned()
+                                        .collect(),
+                                )
                             })
                             .clone();
                         (auth.clone(), keys)

@@ -26,9 +26,9 @@ pub(crate) struct RlsCheck<'a> {
     pub role: &'a str,
     /// The subscriber's claims as JSON text.
     pub claims: &'a str,
-    /// Primary keys to probe as JSON text: an array of keys, each an array of text values in
-    /// `key_columns` order (Postgres text form).
-    pub keys: &'a str,
+    /// Primary keys to probe, flattened: `key_columns.len()` text values per key, in key
+    /// order (Postgres text form).
+    pub keys: &'a [String],
 }
 
 /// The answer for one [`RlsCheck`].
@@ -86,8 +86,8 @@ pub(crate) const SET_CLAIMS: &str = "select pg_catalog.set_config('role', $1, tr
 /// SQLSTATE of a statement sent after an earlier one of the same transaction failed.
 const IN_FAILED_TRANSACTION: &str = "25P02";
 
-/// Returns the text of `relation`'s probe (to prepare): `$1` a `jsonb` array of keys, each an
-/// array of text values in `key_columns` order; one `text[]` row per visible key.
+/// Returns the text of `relation`'s probe (to prepare): `$1` the keys flattened into one
+/// `text[]` (see [`RlsCheck::keys`]); one `text[]` row per visible key.
 pub(crate) async fn probe_sql(
     client: &tokio_postgres::Client,
     relation: u32,
@@ -299,6 +299,12 @@ mod tests {
         }
     }
 
+    fn flat(keys: &[&[&str]]) -> Vec<String> {
+        keys.iter()
+            .flat_map(|k| k.iter().map(|v| (*v).to_string()))
+            .collect()
+    }
+
     fn key(parts: &[&str]) -> Vec<String> {
         parts.iter().map(|p| (*p).to_string()).collect()
     }
@@ -312,7 +318,7 @@ mod tests {
         let rel = oid(&client, r#"public."Odd ""Notes""""#).await;
         let claims_a = format!(r#"{{"sub":"{A}","role":"authenticated"}}"#);
         let claims_b = format!(r#"{{"sub":"{B}","role":"authenticated"}}"#);
-        let all = serde_json::to_string(&[[A, "1"], [A, "2"], [B, "1"], [B, "9"]]).unwrap();
+        let all = flat(&[&[A, "1"], &[A, "2"], &[B, "1"], &[B, "9"]]);
         let checks = [
             RlsCheck {
                 role: "authenticated",
@@ -370,22 +376,22 @@ mod tests {
             RlsCheck {
                 role: "authenticated",
                 claims: r#"{"sub":"bad","role":"authenticated"}"#,
-                keys: &serde_json::to_string(&[["1"]]).unwrap(),
+                keys: &flat(&[&["1"]]),
             },
             RlsCheck {
                 role: "authenticated",
                 claims: r#"{"sub":"good","role":"authenticated"}"#,
-                keys: &serde_json::to_string(&[["1"], ["2"], ["3"]]).unwrap(),
+                keys: &flat(&[&["1"], &["2"], &["3"]]),
             },
             RlsCheck {
                 role: "authenticated",
                 claims: r#"{"sub":"bad","role":"authenticated"}"#,
-                keys: &serde_json::to_string(&[["2"]]).unwrap(),
+                keys: &flat(&[&["2"]]),
             },
             RlsCheck {
                 role: "authenticated",
                 claims: r#"{"sub":"also good","role":"authenticated"}"#,
-                keys: &serde_json::to_string(&[["2"]]).unwrap(),
+                keys: &flat(&[&["2"]]),
             },
         ];
         let st = statements(&client, rel, &["id"]).await;
@@ -408,7 +414,7 @@ mod tests {
         let checks = [RlsCheck {
             role: "authenticated",
             claims: r#"{"sub":"x'); drop table public.boom; --","role":"authenticated"}"#,
-            keys: &serde_json::to_string(&[["1); drop table public.boom; --"], ["2"]]).unwrap(),
+            keys: &flat(&[&["1); drop table public.boom; --"], &["2"]]),
         }];
         let st = statements(&client, rel, &["id"]).await;
         let out = visible_rows(&client, &st, &checks).await.unwrap();
