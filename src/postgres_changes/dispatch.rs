@@ -136,8 +136,10 @@ enum Verdict {
 
 struct Candidate {
     change: usize,
-    sub: Arc<Subscription>,
-    ids: Vec<u64>,
+    /// Index of the subscription in the change's table snapshot (`Plan::tables`).
+    sub: usize,
+    /// The matching binding ids: `Plan::ids[ids.0..ids.1]`.
+    ids: (usize, usize),
     /// Index into `Plan::checks` and the group within it, when the change needs an RLS check.
     check: Option<(usize, usize)>,
     verdict: Verdict,
@@ -192,6 +194,8 @@ pub(crate) struct Plan<'a> {
     pub checks: Vec<TableChecks>,
     /// The primary key of each change that needs a check (text form, key order).
     keys: Vec<Option<Vec<String>>>,
+    /// Binding ids of every candidate, back to back.
+    ids: Vec<u64>,
 }
 
 /// Counts of one delivered batch.
@@ -236,10 +240,11 @@ pub(crate) fn plan<'a>(
         candidates: Vec::new(),
         checks: Vec::new(),
         keys: Vec::with_capacity(changes.len()),
+        ids: Vec::new(),
     };
     // (table oid, the subscription's claims) -> (index in checks, group index): by pointer
     // first (one lookup per candidate), merged by value when a pointer is first seen.
-    let mut by_pointer: HashMap<(u32, *const SubscriberAuth), (usize, usize)> = HashMap::new();
+    let mut by_pointer: HashMap<(u32, *const Subscription), (usize, usize)> = HashMap::new();
     let mut groups: HashMap<(u32, Arc<SubscriberAuth>), (usize, usize)> = HashMap::new();
     let mut table_checks: HashMap<u32, usize> = HashMap::new();
     for (index, change) in changes.iter().enumerate() {
@@ -272,21 +277,22 @@ pub(crate) fn plan<'a>(
             } else {
                 None
             };
-            for sub in &subs.subs {
-                let ids: Vec<u64> = sub
-                    .bindings
-                    .iter()
-                    .filter(|b| b.event.accepts(action))
-                    .filter(|b| b.filter.as_ref().is_none_or(|f| f.matches(lookup)))
-                    .map(|b| b.id)
-                    .collect();
-                if ids.is_empty() {
+            for (sub_index, sub) in subs.subs.iter().enumerate() {
+                let start = plan.ids.len();
+                plan.ids.extend(
+                    sub.bindings
+                        .iter()
+                        .filter(|b| b.event.accepts(action))
+                        .filter(|b| b.filter.as_ref().is_none_or(|f| f.matches(lookup)))
+                        .map(|b| b.id),
+                );
+                if plan.ids.len() == start {
                     continue;
                 }
                 let mut candidate = Candidate {
                     change: index,
-                    sub: sub.clone(),
-                    ids,
+                    sub: sub_index,
+                    ids: (start, plan.ids.len()),
                     check: None,
                     verdict: Verdict::Deliver,
                 };
@@ -294,9 +300,9 @@ pub(crate) fn plan<'a>(
                     match &key {
                         None => candidate.verdict = Verdict::Hidden,
                         Some(_) => {
-                            let auth = sub.auth();
-                            let pointer = (subs.meta.oid, Arc::as_ptr(&auth));
+                            let pointer = (subs.meta.oid, Arc::as_ptr(sub));
                             let slot = *by_pointer.entry(pointer).or_insert_with(|| {
+                                let auth = sub.auth();
                                 *groups
                                     .entry((subs.meta.oid, auth.clone()))
                                     .or_insert_with(|| {
@@ -470,7 +476,11 @@ impl Plan<'_> {
                 encoded.clear();
             }
             let (_, rendered) = current.as_ref().expect("rendered change");
-            let view = &candidate.sub.view;
+            let sub = &self.tables[candidate.change]
+                .as_ref()
+                .expect("table of a candidate")
+                .subs[candidate.sub];
+            let view = &sub.view;
             let key_hidden = meta.primary_key.iter().any(|k| !view.shows(k));
             let error = match candidate.verdict {
                 Verdict::Hidden => {
@@ -528,8 +538,8 @@ impl Plan<'_> {
                     }
                 }
             };
-            let sub = &candidate.sub;
-            let frame = payload::change_frame(sub.vsn, &sub.topic, &candidate.ids, &data);
+            let ids = &self.ids[candidate.ids.0..candidate.ids.1];
+            let frame = payload::change_frame(sub.vsn, &sub.topic, ids, &data);
             if sub.outbox.push(Outbound::Fanout {
                 slot: sub.channel.slot,
                 kind: FanoutKind::PostgresChanges,
