@@ -15,8 +15,8 @@
 //! * **rls**: `--conns` authenticated subscribers, user `i` a member of team `i / 10`, each with
 //!   its own JWT, binding INSERT on `public.bench_rls_rows` (RLS on, a team-membership policy);
 //!   rows get a random team, so each one is visible to the 10 members of its team. Steps
-//!   `--rls-rates`. Also reports the calls of `realtime.rs_visible_rows` per second, read from
-//!   `pg_stat_user_functions` (needs `track_functions = pl`).
+//!   `--rls-rates`. Also reports the RLS probe statements per second (one per distinct claims
+//!   set per batch), read from `pg_stat_statements` (preloaded by `scripts/bench-changes`).
 //!
 //! Latency is commit-to-client: this process's wall clock when the frame is read minus the
 //! frame's `commit_timestamp`, which has millisecond precision (truncated), so figures are
@@ -818,17 +818,17 @@ impl Writer {
             ))
             .await
             .map_err(sql_err("preparing the insert"))?;
-        let track: String = client
-            .query_one("show track_functions", &[])
+        // The probes are counted by pg_stat_statements when the bench Postgres preloads it.
+        let track = client
+            .batch_execute("create extension if not exists pg_stat_statements")
             .await
-            .map_err(sql_err("show track_functions"))?
-            .get(0);
+            .is_ok();
         Ok(Writer {
             client,
             insert,
             rng: StdRng::seed_from_u64(0x5eed),
             groups: groups.max(1),
-            track_functions: track != "none",
+            track_functions: track,
         })
     }
 
@@ -866,15 +866,16 @@ impl Writer {
         }
     }
 
-    /// Calls of `realtime.rs_visible_rows` so far (NaN without `track_functions`).
+    /// RLS probe statements executed so far (the server's per-set probe, `select array[...`,
+    /// counted by pg_stat_statements; NaN without it).
     async fn rls_calls(&self) -> f64 {
         if !self.track_functions {
             return f64::NAN;
         }
         self.client
             .query_one(
-                "select coalesce(sum(calls), 0)::int8 from pg_stat_user_functions \
-                 where schemaname = 'realtime' and funcname = 'rs_visible_rows'",
+                "select coalesce(sum(calls), 0)::int8 from pg_stat_statements \
+                 where query like 'select array[%'",
                 &[],
             )
             .await
@@ -907,7 +908,7 @@ impl Row {
 
     fn note(&self) -> String {
         format!(
-            " send p50/p99 {:.2}/{:.2} ms, {:.0} txn/s, rs_visible_rows {:.0} calls/s",
+            " send p50/p99 {:.2}/{:.2} ms, {:.0} txn/s, RLS probes {:.0}/s",
             self.send_p50_ms, self.send_p99_ms, self.transactions_per_s, self.rls_calls_per_s
         )
     }
@@ -918,7 +919,7 @@ struct StepCtx<'a> {
     o: &'a Opts,
     fleet: &'a Fleet,
     writer: &'a mut Writer,
-    /// Wait for the stats of `rs_visible_rows` to be flushed around the window.
+    /// Wait for the statement statistics to be flushed around the window.
     count_rls: bool,
 }
 
@@ -1121,7 +1122,7 @@ async fn run_subscribed(pg: &Pg, o: &Opts, url: &str, kind: Kind) -> Result<Vec<
         }
         let mut writer = Writer::connect(pg, table, groups).await?;
         if kind == Kind::Rls && !writer.track_functions {
-            println!("  note: track_functions is none: rs_visible_rows calls are not counted");
+            println!("  note: pg_stat_statements is not loaded: RLS probes are not counted");
         }
         let mut ctx = StepCtx {
             o,

@@ -361,4 +361,17 @@ describe('postgres changes', () => {
     assert.ok(r.status === 204 || r.status === 200, `DELETE → ${r.status}`);
     await waitUntil(() => slots() === '0', { timeout: 15_000, label: `slot ${slot} dropped` });
   });
+
+  it('changes never trip the broadcast events-per-second limit (PROTOCOL.md 12.2)', async () => {
+    const strict = await env.createTenant({ max_events_per_second: 1 });
+    const c = env.client({ tenant: strict.externalId, token: tenantJwt(strict.jwtSecret) });
+    const t = table('id int primary key');
+    const sub = await listen([{ event: 'INSERT', schema: 'public', table: t }], { client: c });
+    await expectOk(sub);
+    env.pg.sql(`insert into public.${q(t)} select generate_series(1, 200);`);
+    await waitUntil(() => sub.changes[0].length >= 200, { label: `200 changes (got ${sub.changes[0].length})` });
+    await sleep(QUIET_MS);
+    assert.equal(sub.system.items.filter((m) => m.status === 'error').length, 0, JSON.stringify(sub.system.items));
+    assert.equal(sub.channel.state, 'joined');
+  });
 });
