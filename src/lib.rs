@@ -12,6 +12,8 @@
 //! - [`postgres_changes`]: table changes of tenant databases; public for its integration tests:
 //!   [`postgres_changes::replication`] (per-tenant logical replication streams, run by
 //!   [`tasks::Owner`]s).
+//! - `ring`: the consistent-hash ring over live members that names each tenant's stream owner
+//!   (pure; `RingOwnership` implements [`postgres_changes::replication::StreamOwnership`]).
 //! - L6 edges: `api` (axum: tenants API, health).
 //! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown.
 //!
@@ -31,6 +33,14 @@ pub(crate) mod limits;
 pub(crate) mod phoenix;
 pub mod postgres_changes;
 pub(crate) mod presence;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "cluster step: the lead builds the ring from membership and gives RingOwnership to StreamManager"
+    )
+)]
+pub(crate) mod ring;
 pub mod tasks;
 pub(crate) mod telemetry;
 pub mod tenants;
