@@ -6,7 +6,8 @@
 //! - L1 pure logic: [`limits`] (per-tenant rate counters, token buckets, client presence window;
 //!   the clock is an argument), [`presence::crdt`] (the presence CRDT).
 //! - L2 outside world: `db` (metadata Postgres pool and `_realtime` migrations), `tenants`
-//!   (tenant records, encrypted secrets, cache, self-host seed), `auth` (JWT verification).
+//!   (tenant records, encrypted secrets, cache, self-host seed), `auth` (JWT verification),
+//!   `cluster` (membership: chitchat gossip, the live view and its join/leave events).
 //! - L3 `hub` (rooms, fan-out); L4 `broadcast`, [`presence`] (the tracker: track/untrack,
 //!   `presence_diff` fan-out, the replication seam); L5 `channel` (per-socket sessions).
 //! - [`postgres_changes`]: table changes of tenant databases; public for its integration tests:
@@ -25,6 +26,14 @@ pub(crate) mod auth;
 pub(crate) mod broadcast;
 pub(crate) mod channel;
 pub(crate) mod close_code;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "membership is wired into app by the cluster integration"
+    )
+)]
+pub(crate) mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;

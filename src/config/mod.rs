@@ -31,7 +31,7 @@ use std::time::Duration;
 
 pub use api::{ApiConfig, DEFAULT_API_JWT_SECRET};
 pub use channel::ChannelConfig;
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, GossipTuning};
 pub use db::{DbConfig, IpVersion};
 pub use http::HttpConfig;
 pub use janitor::JanitorConfig;
@@ -489,5 +489,55 @@ mod tests {
         assert_eq!(c.cluster.advertise_ip, Some(IpAddr::from([10, 1, 2, 3])));
         let err = parse(&[("GOSSIP_PORT", "8000"), ("BUS_PORT", "8000")]).unwrap_err();
         assert_eq!(err.variable(), "BUS_PORT");
+    }
+
+    #[test]
+    fn cluster_seeds_and_gossip_tuning_parse() {
+        let c = parse(&[]).unwrap();
+        assert!(c.cluster.seeds.is_empty());
+        assert_eq!(c.cluster.seed_refresh, Duration::from_secs(10));
+        assert_eq!(c.cluster.gossip, GossipTuning::default());
+        assert_eq!(c.cluster.gossip.interval, Duration::from_millis(150));
+        let c = parse(&[
+            ("CLUSTER_SEEDS", "127.0.0.1:7946, node-b:7000,[::1]:7001"),
+            ("DNS_NODES_REFRESH_MS", "2500"),
+            ("GOSSIP_INTERVAL_MS", "100"),
+            ("GOSSIP_PHI_THRESHOLD", "8.5"),
+            ("GOSSIP_INITIAL_INTERVAL_MS", "200"),
+            ("GOSSIP_MAX_INTERVAL_MS", "1500"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.cluster.seeds,
+            vec!["127.0.0.1:7946", "node-b:7000", "[::1]:7001"]
+        );
+        assert_eq!(c.cluster.seed_refresh, Duration::from_millis(2500));
+        assert_eq!(
+            c.cluster.gossip,
+            GossipTuning {
+                interval: Duration::from_millis(100),
+                phi_threshold: 8.5,
+                initial_interval: Duration::from_millis(200),
+                max_interval: Duration::from_millis(1500),
+            }
+        );
+        for (var, value) in [
+            ("CLUSTER_SEEDS", "node-b"),
+            ("CLUSTER_SEEDS", "node-b:0"),
+            ("CLUSTER_SEEDS", "::1:7000"),
+            ("DNS_NODES_REFRESH_MS", "0"),
+            ("GOSSIP_INTERVAL_MS", "0"),
+            ("GOSSIP_PHI_THRESHOLD", "-1"),
+            ("GOSSIP_PHI_THRESHOLD", "NaN"),
+            ("GOSSIP_INITIAL_INTERVAL_MS", "x"),
+        ] {
+            assert_eq!(
+                parse(&[(var, value)]).unwrap_err().variable(),
+                var,
+                "{value}"
+            );
+        }
+        let err = parse(&[("GOSSIP_INTERVAL_MS", "3000")]).unwrap_err();
+        assert_eq!(err.variable(), "GOSSIP_MAX_INTERVAL_MS");
     }
 }
