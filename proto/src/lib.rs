@@ -4,6 +4,7 @@
 //! encodes the variant index) and every change bumps [`PROTOCOL_VERSION`]; the bus handshake
 //! settles on the lower version both peers speak.
 
+pub mod bus;
 pub mod codec;
 pub mod presence;
 
