@@ -7,7 +7,8 @@
 //!   the clock is an argument), [`presence::crdt`] (the presence CRDT).
 //! - L2 outside world: `db` (metadata Postgres pool and `_realtime` migrations), `tenants`
 //!   (tenant records, encrypted secrets, cache, self-host seed), `auth` (JWT verification),
-//!   `cluster` (membership: chitchat gossip, the live view and its join/leave events).
+//!   `cluster` (membership: chitchat gossip, the live view and its join/leave events), `bus`
+//!   (authenticated QUIC links to peer nodes carrying proto frames in order).
 //! - L3 `hub` (rooms, fan-out); L4 `broadcast`, [`presence`] (the tracker: track/untrack,
 //!   `presence_diff` fan-out, the replication seam); L5 `channel` (per-socket sessions).
 //! - [`postgres_changes`]: table changes of tenant databases; public for its integration tests:
@@ -24,6 +25,14 @@ pub(crate) mod api;
 pub mod app;
 pub(crate) mod auth;
 pub(crate) mod broadcast;
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "the bus is wired into app by the cluster integration"
+    )
+)]
+pub(crate) mod bus;
 pub(crate) mod channel;
 pub(crate) mod close_code;
 #[cfg_attr(
