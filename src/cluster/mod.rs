@@ -68,7 +68,8 @@ const EVENTS_CAPACITY: usize = 1024;
 /// How long `shutdown` waits for this module's own tasks.
 const TASKS_GRACE: Duration = Duration::from_secs(2);
 
-/// Where peers reach this node, besides gossip, and what it tells them about itself.
+/// Where peers reach this node, besides gossip, and what it tells them about itself. An
+/// unspecified IP (a listener on all interfaces) is advertised as the gossip address's IP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct NodeAddresses {
     /// Address of this node's QUIC bus endpoint as peers reach it.
@@ -126,6 +127,15 @@ pub(crate) struct Membership {
     gossip: Option<Gossip>,
 }
 
+impl std::fmt::Debug for Membership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Membership")
+            .field("me", &self.me.node)
+            .field("gossip", &self.gossip.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The running gossip layer.
 struct Gossip {
     /// The chitchat server; taken out by `shutdown`. A tokio mutex: `leave` and the seed task
@@ -155,11 +165,11 @@ impl Membership {
         advertised: NodeAddresses,
         owner: &Owner,
     ) -> Result<Membership, ClusterError> {
-        let me = own_member(me, advertised)?;
-        let (view_tx, _) = watch::channel(Arc::new(Tracker::new(me.clone()).view()));
         let (events_tx, _) = broadcast::channel(EVENTS_CAPACITY);
         let specs = seed_specs(config);
         if specs.is_empty() {
+            let me = own_member(me, advertised, false)?;
+            let (view_tx, _) = watch::channel(Arc::new(Tracker::new(me.clone()).view()));
             tracing::info!(node = %me.node, "no DNS_NODES or CLUSTER_SEEDS: a cluster of one");
             return Ok(Membership {
                 me,
@@ -177,6 +187,15 @@ impl Membership {
             Some(ip) => ip,
             None => default_advertise_ip(&seed_addrs, &config.node_name).await,
         };
+        // Listeners bound to all interfaces are advertised at the gossip address's IP.
+        let mut advertised = advertised;
+        for addr in [&mut advertised.bus, &mut advertised.http] {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(advertise_ip);
+            }
+        }
+        let me = own_member(me, advertised, true)?;
+        let (view_tx, _) = watch::channel(Arc::new(Tracker::new(me.clone()).view()));
         let gossip_addr = SocketAddr::new(advertise_ip, config.gossip_port);
         view::check_peer_addr(gossip_addr).map_err(|problem| ClusterError::InvalidAdvertised {
             what: "gossip address",
@@ -259,6 +278,7 @@ impl Membership {
     }
 
     /// Returns this node as peers see it.
+    #[cfg_attr(not(test), expect(dead_code, reason = "used by the membership tests"))]
     pub(crate) fn me(&self) -> &Member {
         &self.me
     }
@@ -280,6 +300,7 @@ impl Membership {
     }
 
     /// Returns the gossip address this node advertises; `None` for a cluster of one.
+    #[cfg_attr(not(test), expect(dead_code, reason = "used by the membership tests"))]
     pub(crate) fn gossip_addr(&self) -> Option<SocketAddr> {
         self.gossip.as_ref().map(|g| g.gossip_addr)
     }
@@ -331,11 +352,19 @@ impl Membership {
 }
 
 /// Builds and checks this node's own member: what peers would refuse, we refuse to send.
-fn own_member(me: NodeIncarnation, advertised: NodeAddresses) -> Result<Member, ClusterError> {
+/// This node as a member; `gossiped` checks the addresses too (a cluster of one advertises
+/// them to nobody, so its bus port may be 0 and its listeners unspecified).
+fn own_member(
+    me: NodeIncarnation,
+    advertised: NodeAddresses,
+    gossiped: bool,
+) -> Result<Member, ClusterError> {
     let invalid = |what| move |problem| ClusterError::InvalidAdvertised { what, problem };
     view::validate_node_name(me.node.as_str()).map_err(invalid("node name"))?;
-    view::check_peer_addr(advertised.bus).map_err(invalid("bus address"))?;
-    view::check_peer_addr(advertised.http).map_err(invalid("http address"))?;
+    if gossiped {
+        view::check_peer_addr(advertised.bus).map_err(invalid("bus address"))?;
+        view::check_peer_addr(advertised.http).map_err(invalid("http address"))?;
+    }
     let region = view::parse_region(advertised.region.as_deref()).map_err(invalid("region"))?;
     view::validate_version(&advertised.version).map_err(invalid("version"))?;
     Ok(Member {

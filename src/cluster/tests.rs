@@ -63,6 +63,7 @@ fn config(name: &str, port: u16, seeds: &[u16], cluster_id: &str) -> ClusterConf
         ("NODE_NAME", name),
         ("CLUSTER_ID", cluster_id),
         ("CLUSTER_SEEDS", seeds.as_str()),
+        ("CLUSTER_SECRET", "a-test-cluster-secret"),
         ("GOSSIP_PORT", port.as_str()),
         ("BUS_PORT", "1"),
         ("ADVERTISE_ADDR", "127.0.0.1"),
@@ -438,11 +439,11 @@ async fn a_cluster_of_one_opens_no_socket() {
         ("BUS_PORT", "1"),
         ("ADVERTISE_ADDR", "127.0.0.1"),
         ("CLUSTER_SEEDS", "127.0.0.1:1"),
+        ("CLUSTER_SECRET", "a-test-cluster-secret"),
     ]);
     let error = Membership::start(&seeded, incarnation("solo", 8), addresses(0), &owner)
         .await
-        .err()
-        .expect("the gossip port is taken");
+        .expect_err("the gossip port is taken");
     assert!(matches!(error, ClusterError::Start { .. }), "{error}");
     assert_eq!(error.code(), ErrorCode::InvalidConfiguration);
     drop(holder);
@@ -452,14 +453,24 @@ async fn a_cluster_of_one_opens_no_socket() {
 async fn values_peers_would_refuse_are_refused_at_start() {
     let alone = ClusterConfig::for_test(&[("NODE_NAME", "solo")]);
     let owner = Owner::new();
-    let unspecified = NodeAddresses {
-        bus: SocketAddr::from(([0, 0, 0, 0], 7947)),
+    // Alone, addresses are advertised to nobody: a bus on port 0 is fine.
+    let no_bus = NodeAddresses {
+        bus: SocketAddr::from(([0, 0, 0, 0], 0)),
         ..addresses(0)
     };
-    let error = Membership::start(&alone, incarnation("solo", 1), unspecified, &owner)
+    Membership::start(&alone, incarnation("solo", 1), no_bus.clone(), &owner)
         .await
-        .err()
-        .expect("unspecified bus address refused");
+        .expect("a cluster of one advertises nothing");
+    let seeded = ClusterConfig::for_test(&[
+        ("NODE_NAME", "solo"),
+        ("GOSSIP_PORT", "7"),
+        ("ADVERTISE_ADDR", "127.0.0.1"),
+        ("CLUSTER_SEEDS", "127.0.0.1:9"),
+        ("CLUSTER_SECRET", "a-test-cluster-secret"),
+    ]);
+    let error = Membership::start(&seeded, incarnation("solo", 1), no_bus, &owner)
+        .await
+        .expect_err("a bus on port 0 refused when clustering");
     assert!(
         matches!(
             error,
@@ -483,11 +494,11 @@ async fn values_peers_would_refuse_are_refused_at_start() {
         ("NODE_NAME", "solo"),
         ("GOSSIP_PORT", "0"),
         ("CLUSTER_SEEDS", "127.0.0.1:9"),
+        ("CLUSTER_SECRET", "a-test-cluster-secret"),
     ]);
     let error = Membership::start(&port_zero, incarnation("solo", 1), addresses(0), &owner)
         .await
-        .err()
-        .expect("port 0 refused when clustering");
+        .expect_err("port 0 refused when clustering");
     assert!(matches!(error, ClusterError::NoGossipPort));
     assert_eq!(error.client_message(), "cluster membership is unavailable");
 }

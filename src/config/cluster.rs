@@ -23,7 +23,8 @@ pub struct ClusterConfig {
     /// start): the local address of the route to the first seed, else the first non-loopback
     /// address of the node name, else 127.0.0.1.
     pub advertise_ip: Option<IpAddr>,
-    /// `CLUSTER_SECRET`: shared secret that authenticates peers on the bus. Default none.
+    /// `CLUSTER_SECRET`: shared secret that authenticates peers on the bus; required (16 bytes
+    /// or more) when `DNS_NODES` or `CLUSTER_SEEDS` is set.
     pub secret: Option<Secret>,
     /// `CLUSTER_SEEDS`: comma-separated `host:port` gossip seeds besides `DNS_NODES` (local runs,
     /// fixed peers). Default none. With neither, the node is a cluster of one and opens no socket.
@@ -127,7 +128,16 @@ fn seed_host_port(entry: &str) -> Result<(), String> {
     }
 }
 
+/// Shortest accepted `CLUSTER_SECRET`.
+const MIN_SECRET_BYTES: usize = 16;
+
 impl ClusterConfig {
+    /// Whether this node has peers to find (`DNS_NODES` or `CLUSTER_SEEDS`); otherwise it is a
+    /// cluster of one and opens no gossip or bus socket.
+    pub fn is_clustered(&self) -> bool {
+        !self.dns_nodes.is_empty() || !self.seeds.is_empty()
+    }
+
     /// Parses the cluster settings; `app_name` and `http_port` feed the defaults.
     pub(super) fn parse(
         env: &Vars,
@@ -164,6 +174,23 @@ impl ClusterConfig {
                 var: "CLUSTER_SEEDS",
                 problem: format!("entry `{seed}` {problem}"),
             })?;
+        }
+        if cluster.is_clustered() {
+            match &cluster.secret {
+                None => {
+                    return Err(ConfigError::Invalid {
+                        var: "CLUSTER_SECRET",
+                        problem: "is required when DNS_NODES or CLUSTER_SEEDS is set (it authenticates peers on the bus)".into(),
+                    });
+                }
+                Some(secret) if secret.expose().len() < MIN_SECRET_BYTES => {
+                    return Err(ConfigError::Invalid {
+                        var: "CLUSTER_SECRET",
+                        problem: format!("must be at least {MIN_SECRET_BYTES} bytes long"),
+                    });
+                }
+                Some(_) => {}
+            }
         }
         if cluster.gossip_port == cluster.bus_port && cluster.gossip_port != 0 {
             return Err(ConfigError::Invalid {

@@ -478,6 +478,7 @@ mod tests {
             ("GOSSIP_PORT", "8000"),
             ("BUS_PORT", "8001"),
             ("ADVERTISE_ADDR", "10.1.2.3"),
+            ("CLUSTER_SECRET", "sixteen-bytes-at-least"),
         ])
         .unwrap();
         assert_eq!(
@@ -489,6 +490,22 @@ mod tests {
         assert_eq!(c.cluster.advertise_ip, Some(IpAddr::from([10, 1, 2, 3])));
         let err = parse(&[("GOSSIP_PORT", "8000"), ("BUS_PORT", "8000")]).unwrap_err();
         assert_eq!(err.variable(), "BUS_PORT");
+    }
+
+    #[test]
+    fn a_cluster_needs_a_long_enough_secret() {
+        for seeds in [("CLUSTER_SEEDS", "127.0.0.1:7946"), ("DNS_NODES", "realtime")] {
+            assert_eq!(parse(&[seeds]).unwrap_err().variable(), "CLUSTER_SECRET");
+            assert_eq!(
+                parse(&[seeds, ("CLUSTER_SECRET", "short")])
+                    .unwrap_err()
+                    .variable(),
+                "CLUSTER_SECRET"
+            );
+            assert!(parse(&[seeds, ("CLUSTER_SECRET", "0123456789abcdef")]).is_ok());
+        }
+        // A cluster of one needs none.
+        assert!(parse(&[]).unwrap().cluster.secret.is_none());
     }
 
     #[test]
@@ -505,6 +522,7 @@ mod tests {
             ("GOSSIP_PHI_THRESHOLD", "8.5"),
             ("GOSSIP_INITIAL_INTERVAL_MS", "200"),
             ("GOSSIP_MAX_INTERVAL_MS", "1500"),
+            ("CLUSTER_SECRET", "sixteen-bytes-at-least"),
         ])
         .unwrap();
         assert_eq!(
