@@ -189,6 +189,8 @@ pub enum Frame {
         tenant: String,
         /// Wanted or not.
         wanted: bool,
+        /// The last commit end the sender dispatched (0: a new feed, nothing to catch up).
+        since: u64,
     },
     /// Stream events of a tenant the sender owns, in WAL order.
     Changes {

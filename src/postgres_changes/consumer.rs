@@ -17,7 +17,8 @@ use tokio::sync::mpsc;
 
 use super::dispatch::{self, PendingChange};
 use super::pgoutput::{self, Message, Relation, RelationCache};
-use super::replication::{Lsn, StreamEvent, StreamHandle};
+use super::feed::FeedCursor;
+use super::replication::{Lsn, StreamEvent};
 use super::rls::{self, Visibility};
 use super::service::{Shared, notice_frame, notify_subscribed};
 use crate::db::{TenantDbError, TenantPool};
@@ -69,7 +70,7 @@ async fn check_on(
 pub(crate) struct Consumer {
     tenant: TenantId,
     shared: Arc<Shared>,
-    handle: StreamHandle,
+    cursor: Arc<FeedCursor>,
     events: mpsc::Receiver<StreamEvent>,
     pool: TenantPool,
     max_record_bytes: usize,
@@ -90,7 +91,7 @@ impl Consumer {
     pub(crate) fn new(
         tenant: TenantId,
         shared: Arc<Shared>,
-        handle: StreamHandle,
+        cursor: Arc<FeedCursor>,
         events: mpsc::Receiver<StreamEvent>,
         pool: TenantPool,
         max_record_bytes: usize,
@@ -98,7 +99,7 @@ impl Consumer {
         Consumer {
             tenant,
             shared,
-            handle,
+            cursor,
             events,
             pool,
             max_record_bytes,
@@ -156,7 +157,7 @@ impl Consumer {
             StreamEvent::Data { bytes, .. } => self.data(bytes),
             StreamEvent::Commit { end_lsn, .. } => {
                 self.in_transaction = false;
-                if end_lsn <= self.handle.confirmed() {
+                if end_lsn <= self.cursor.confirmed() {
                     // Already delivered before a reconnect.
                     self.batch.truncate(self.open_from);
                 } else {
@@ -258,7 +259,7 @@ impl Consumer {
                 .refused
                 .fetch_add(delivered.refused as u64, Ordering::Relaxed);
         }
-        self.handle.confirm(commit);
+        self.cursor.confirm(commit);
     }
 
     /// Runs the batch's RLS checks, retrying a failed statement; a table whose check keeps

@@ -12,6 +12,7 @@
 
 pub(crate) mod binding;
 mod consumer;
+pub(crate) mod feed;
 pub(crate) mod dispatch;
 pub(crate) mod filter;
 mod inspect;

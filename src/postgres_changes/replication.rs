@@ -138,6 +138,8 @@ pub enum LossReason {
     SlotInvalidated,
     /// The slot disappeared while the stream was using it (dropped by someone else).
     SlotDropped,
+    /// The node that owns the tenant's stream reported a loss (its text).
+    AtOwner(String),
 }
 
 impl std::fmt::Display for LossReason {
@@ -152,6 +154,7 @@ impl std::fmt::Display for LossReason {
             ),
             LossReason::SlotInvalidated => f.write_str("the replication slot was invalidated"),
             LossReason::SlotDropped => f.write_str("the replication slot was dropped"),
+            LossReason::AtOwner(reason) => f.write_str(reason),
         }
     }
 }

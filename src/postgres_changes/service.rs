@@ -23,7 +23,8 @@ use super::registry::{
     ChannelKey, ColumnView, Registry, SubscriberAuth, Subscription, TableBinding, TableMeta,
     TableName,
 };
-use super::replication::{Ensured, ReplicationError, ReplicationTarget, SlotName, StreamManager};
+use super::feed::{Acquired, Feeds};
+use super::replication::{ReplicationError, ReplicationTarget, SlotName, StreamManager};
 use crate::config::ReplicationConfig;
 use crate::db::{TenantDbError, TenantDbs, TenantPool, catalog};
 use crate::error::{ErrorCode, OperationalError};
@@ -134,7 +135,7 @@ struct StreamLease {
 
 impl Drop for StreamLease {
     fn drop(&mut self) {
-        self.streams.manager.release(&self.tenant);
+        self.streams.feeds.release(&self.tenant);
     }
 }
 
@@ -262,6 +263,8 @@ impl PreparedSubscription {
 #[derive(Debug)]
 pub(crate) struct Streams {
     pub(crate) manager: StreamManager,
+    /// Where each tenant's changes come from on this node (its stream, or its owner).
+    pub(crate) feeds: Feeds,
     config: ReplicationConfig,
     /// Tenants whose stream is streaming now (set by their consumer).
     streaming: RwLock<HashMap<TenantId, bool>>,
@@ -312,8 +315,24 @@ impl PostgresChanges {
         ownership: Arc<dyn super::replication::StreamOwnership>,
         owner: &Owner,
     ) -> PostgresChanges {
-        let manager = StreamManager::new(owner, config.clone(), ownership);
+        let manager = StreamManager::new(owner, config.clone(), ownership.clone());
         let service_owner = owner.child();
+        let feeds = Feeds::new(
+            manager.clone(),
+            ownership,
+            config.channel_capacity.get(),
+            config.idle_timeout,
+            &service_owner,
+        );
+        let keeper = feeds.clone();
+        service_owner.spawn("postgres changes feed keeper", async move {
+            let mut tick = tokio::time::interval(super::feed::WANT_RETRY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                keeper.keep();
+            }
+        });
         // A deleted tenant's stream stops and its slot goes at once.
         let mut events = tenants.subscribe();
         let forget = manager.clone();
@@ -336,6 +355,7 @@ impl PostgresChanges {
                 tenants,
                 streams: Arc::new(Streams {
                     manager,
+                    feeds,
                     config,
                     streaming: RwLock::new(HashMap::new()),
                 }),
@@ -343,6 +363,11 @@ impl PostgresChanges {
                 stats: Arc::default(),
             }),
         }
+    }
+
+    /// The tenants whose change stream runs on this node, by external id.
+    pub(crate) fn running_streams(&self) -> Vec<String> {
+        self.shared.streams.feeds.local_tenants()
     }
 
     /// Stops the consumers and the streams (positions confirmed, slots kept).
@@ -516,11 +541,31 @@ impl PostgresChanges {
         pool: TenantPool,
     ) -> Result<(StreamLease, Option<Arc<StartGate>>), SubscribeError> {
         let streams = &self.shared.streams;
+        let target = self.target(settings)?;
+        let id = tenant.external_id.clone();
+        let acquired = streams.feeds.acquire(&id, target)?;
+        let lease = StreamLease {
+            streams: streams.clone(),
+            tenant: id.clone(),
+        };
+        let mut gate = None;
+        if let Acquired::New { events, cursor } = acquired {
+            let (start_gate, opened) = StartGate::new();
+            self.spawn_consumer(tenant, cursor, events, pool, opened);
+            gate = Some(start_gate);
+        }
+        Ok((lease, gate))
+    }
+
+    fn target(
+        &self,
+        settings: &crate::tenants::TenantDbSettings,
+    ) -> Result<ReplicationTarget, SubscribeError> {
         let slot = SlotName::for_tenant(
             &settings.slot_name,
-            streams.config.slot_name_suffix.as_deref(),
+            self.shared.streams.config.slot_name_suffix.as_deref(),
         )?;
-        let target = ReplicationTarget {
+        Ok(ReplicationTarget {
             host: settings.host.clone(),
             port: settings.port,
             user: settings.user.clone(),
@@ -529,30 +574,106 @@ impl PostgresChanges {
             tls: settings.ssl_enforced,
             slot,
             publication: settings.publication.clone(),
-        };
-        let id = tenant.external_id.clone();
-        let ensured = streams.manager.ensure_started(&id, target)?;
-        let lease = StreamLease {
-            streams: streams.clone(),
-            tenant: id.clone(),
-        };
-        let mut gate = None;
-        if let Ensured::Started { handle, events } = ensured {
-            let (start_gate, opened) = StartGate::new();
-            let consumer = super::consumer::Consumer::new(
-                id,
-                self.shared.clone(),
-                handle,
-                events,
-                pool,
-                max_record_bytes(tenant),
-            );
-            self.shared
-                .owner
-                .spawn("postgres changes consumer", consumer.run(opened));
-            gate = Some(start_gate);
+        })
+    }
+
+    fn spawn_consumer(
+        &self,
+        tenant: &Tenant,
+        cursor: Arc<super::feed::FeedCursor>,
+        events: tokio::sync::mpsc::Receiver<super::replication::StreamEvent>,
+        pool: TenantPool,
+        opened: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let consumer = super::consumer::Consumer::new(
+            tenant.external_id.clone(),
+            self.shared.clone(),
+            cursor,
+            events,
+            pool,
+            max_record_bytes(tenant),
+        );
+        self.shared
+            .owner
+            .spawn("postgres changes consumer", consumer.run(opened));
+    }
+
+    /// Gives the feeds the bus (a cluster).
+    pub(crate) fn set_peers(&self, peers: Arc<dyn super::feed::ChangePeers>) {
+        self.shared.streams.feeds.set_peers(peers);
+    }
+
+    /// Re-reads the ring for every feed (the live members changed).
+    pub(crate) fn reassign(&self) {
+        self.shared.streams.feeds.reassign();
+    }
+
+    /// A peer wants (or no longer wants) `tenant`'s changes from this node.
+    pub(crate) async fn peer_wants(&self, peer: &str, tenant: &TenantId, wanted: bool, since: u64) {
+        let feeds = &self.shared.streams.feeds;
+        if !wanted {
+            feeds.peer_gone(peer, Some(tenant));
+            return;
         }
-        Ok((lease, gate))
+        let prepared = async {
+            let record = self
+                .shared
+                .tenants
+                .get(tenant)
+                .await
+                .map_err(SubscribeError::Settings)?
+                .ok_or(SubscribeError::NotEnabled)?;
+            let extension = record
+                .extensions
+                .iter()
+                .find(|e| e.kind == POSTGRES_CDC_RLS)
+                .ok_or(SubscribeError::NotEnabled)?;
+            let settings = self
+                .shared
+                .tenants
+                .db_settings(&record, extension)
+                .map_err(SubscribeError::Settings)?;
+            let target = self.target(&settings)?;
+            let pool: TenantPool = self.shared.dbs.get(&record).await?;
+            Ok::<_, SubscribeError>((record, target, pool))
+        }
+        .await;
+        match prepared {
+            Ok((record, target, pool)) => {
+                if let Some((events, cursor)) = feeds.peer_wants(peer, tenant, target, since) {
+                    let (gate, opened) = StartGate::new();
+                    gate.open();
+                    self.spawn_consumer(&record, cursor, events, pool, opened);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%tenant, %peer, error_code = %error.code(), %error, "cannot serve a peer's want of a tenant's changes");
+            }
+        }
+    }
+
+    /// A peer's link ended: it wants nothing from this node any more.
+    pub(crate) fn peer_down(&self, peer: &str) {
+        self.shared.streams.feeds.peer_gone(peer, None);
+    }
+
+    /// A peer acknowledged `tenant`'s changes up to `end_lsn`.
+    pub(crate) fn peer_ack(&self, peer: &str, tenant: &TenantId, end_lsn: u64) {
+        self.shared.streams.feeds.peer_ack(peer, tenant, end_lsn);
+    }
+
+    /// Stream events from the owner of `tenant`.
+    pub(crate) fn owner_events(
+        &self,
+        peer: &str,
+        tenant: &TenantId,
+        events: Vec<realtime_proto::bus::StreamEvent>,
+    ) {
+        let events: Vec<_> = events
+            .into_iter()
+            .filter_map(super::feed::event_from_wire)
+            .collect();
+        self.shared.streams.feeds.owner_events(peer, tenant, events);
     }
 }
 

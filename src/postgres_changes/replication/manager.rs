@@ -21,6 +21,12 @@ const DROP_ATTEMPTS: u32 = 5;
 pub trait StreamOwnership: Send + Sync {
     /// Whether this node owns `tenant`'s stream.
     fn owns(&self, tenant: &TenantId) -> bool;
+
+    /// The node that owns `tenant`'s stream, when another node does (`None`: this node, or
+    /// nobody known).
+    fn owner(&self, _tenant: &TenantId) -> Option<crate::types::NodeId> {
+        None
+    }
 }
 
 /// A single node owns every tenant.
@@ -214,37 +220,80 @@ impl StreamManager {
         matches!(self.entries().get(tenant), Some(Entry::Running { .. }))
     }
 
+    /// The tenants whose stream runs (or starts) on this node.
+    pub fn running(&self) -> Vec<TenantId> {
+        let mut running: Vec<TenantId> = self
+            .entries()
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Running { .. }))
+            .map(|(tenant, _)| tenant.clone())
+            .collect();
+        running.sort();
+        running
+    }
+
     /// Whether `tenant`'s stream is stopped and its slot kept for a resubscription.
     pub fn is_retained(&self, tenant: &TenantId) -> bool {
         matches!(self.entries().get(tenant), Some(Entry::Retained { .. }))
     }
 
-    async fn stop_if_idle(&self, tenant: &TenantId, expected: u64) {
-        let handle = {
-            let mut entries = self.entries();
-            let Some(Entry::Running {
-                subscribers: 0,
-                generation,
-                ..
-            }) = entries.get(tenant)
-            else {
-                return;
-            };
-            if *generation != expected {
-                return;
-            }
-            let Some(Entry::Running { handle, target, .. }) = entries.remove(tenant) else {
-                return;
-            };
-            entries.insert(
-                tenant.clone(),
-                Entry::Retained {
-                    target,
-                    generation: expected + 1,
-                },
-            );
-            handle
+    /// Stops `tenant`'s stream now, whatever its subscriber count, and keeps its slot for the
+    /// retain window (the feed that used it ended). The entry is retained at once, so a new
+    /// subscriber starts a new stream (which waits for the slot if this one still holds it).
+    pub fn retire(&self, tenant: &TenantId) {
+        let expected = match self.entries().get(tenant) {
+            Some(Entry::Running { generation, .. }) => *generation,
+            _ => return,
         };
+        if let Some(handle) = self.take_running(tenant, expected, true) {
+            let me = self.clone();
+            let tenant = tenant.clone();
+            self.inner.owner.spawn("replication stream retire", async move {
+                me.finish_stop(&tenant, handle, expected).await;
+            });
+        }
+    }
+
+    async fn stop_if_idle(&self, tenant: &TenantId, expected: u64) {
+        if let Some(handle) = self.take_running(tenant, expected, false) {
+            self.finish_stop(tenant, handle, expected).await;
+        }
+    }
+
+    /// Turns the running entry of generation `expected` (without subscribers unless
+    /// `any_subscribers`) into a retained one, returning its stream.
+    fn take_running(
+        &self,
+        tenant: &TenantId,
+        expected: u64,
+        any_subscribers: bool,
+    ) -> Option<StreamHandle> {
+        let mut entries = self.entries();
+        let Some(Entry::Running {
+            subscribers,
+            generation,
+            ..
+        }) = entries.get(tenant)
+        else {
+            return None;
+        };
+        if *generation != expected || (*subscribers != 0 && !any_subscribers) {
+            return None;
+        }
+        let Some(Entry::Running { handle, target, .. }) = entries.remove(tenant) else {
+            return None;
+        };
+        entries.insert(
+            tenant.clone(),
+            Entry::Retained {
+                target,
+                generation: expected + 1,
+            },
+        );
+        Some(handle)
+    }
+
+    async fn finish_stop(&self, tenant: &TenantId, handle: StreamHandle, expected: u64) {
         tracing::info!(tenant = %tenant.as_str(), slot = %handle.slot(), "stopping an idle replication stream");
         handle.shutdown().await;
         let (me, tenant) = (self.clone(), tenant.clone());
@@ -270,6 +319,24 @@ impl StreamManager {
             }
         };
         self.drop_slot_retrying(tenant, &target).await;
+    }
+
+    /// Stops `tenant`'s stream at once, if it runs, and keeps its slot for the tenant's new
+    /// owner (the ring moved the tenant away from this node). The entry goes: this node
+    /// neither retains nor drops a slot it no longer owns. Returns whether a stream stopped.
+    pub async fn relinquish(&self, tenant: &TenantId) -> bool {
+        let handle = match self.entries().remove(tenant) {
+            Some(Entry::Running { handle, .. }) => handle,
+            Some(retained @ Entry::Retained { .. }) => {
+                // Not streaming: leave the retain window to run out without a drop.
+                drop(retained);
+                return false;
+            }
+            None => return false,
+        };
+        tracing::info!(tenant = %tenant.as_str(), slot = %handle.slot(), "the tenant moved to another node; stopping its replication stream");
+        handle.shutdown().await;
+        true
     }
 
     /// Stops `tenant`'s stream, if any, and drops its slot at once (the tenant was deleted: its
