@@ -17,15 +17,20 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::api::{self, ApiState};
-use crate::broadcast::{Broadcaster, NoPeers};
+use crate::broadcast::{Broadcaster, NoPeers, PeerFanout};
+use crate::bus::{Bus, BusConfig};
+use crate::cluster::{Membership, NodeAddresses};
 use crate::channel::ChannelContext;
 use crate::config::Config;
 use crate::db::{Db, TenantDbs};
 use crate::hub::Hub;
 use crate::limits::{Limits, LimitsConfig};
-use crate::postgres_changes::replication::LocalOwnership;
+use crate::peers::changes::ChangeRouter;
+use crate::peers::links::PeerLinks;
+use crate::peers::{ClusterStatusView, Peers, PeersParts};
 use crate::postgres_changes::service::PostgresChanges;
-use crate::presence::{NoReplication, Presence};
+use crate::presence::{NoReplication, Presence, PresenceReplication};
+use crate::ring::{DEFAULT_VNODES_PER_NODE, Ring, RingOwnership};
 use crate::tasks::Owner;
 use crate::tenants::{self, Cipher, TenantChange, Tenants};
 use crate::transport::{self, OpenSockets, Transport};
@@ -91,6 +96,12 @@ pub struct RunningApp {
     hub: Arc<Hub>,
     transport: Arc<Transport>,
     draining: Arc<AtomicBool>,
+    /// Cluster membership (a cluster of one without seeds).
+    membership: Arc<Membership>,
+    /// The inter-node bus, when clustered.
+    bus: Option<Bus>,
+    /// Membership, bus and peer tasks.
+    cluster: Owner,
     /// The node's root owner; every subsystem's owner is a child of it.
     owner: Owner,
     /// Background tasks (tenant-change listener, limit sweeper).
@@ -140,7 +151,10 @@ impl RunningApp {
         }
         // 2. Not ready: new joins are refused while the sockets drain.
         self.draining.store(true, Ordering::Relaxed);
-        // 4. Release the streams (3, leaving the cluster, arrives with it): their positions are confirmed and their slots kept, so the
+        // 3. Leave the cluster: peers drop this node's presences at once and their rings
+        //    stop naming it, so its tenants' streams move.
+        self.membership.leave().await;
+        // 4. Release the streams: their positions are confirmed and their slots kept, so the
         //    next owner (or this node after a restart) resumes without loss.
         self.changes.shutdown(TASK_GRACE).await;
         // 5. Drain the sockets: each tells its client (close 1001) and ends.
@@ -149,6 +163,14 @@ impl RunningApp {
                 open = self.transport.sockets.open(),
                 "sockets still open after the drain grace period"
             );
+        }
+        // 6. Close the bus, after the sockets' last frames.
+        if let Some(bus) = &self.bus {
+            bus.shutdown().await;
+        }
+        self.membership.shutdown().await;
+        if !self.cluster.shutdown(TASK_GRACE).await {
+            tracing::warn!("cluster tasks still running after the grace period");
         }
         // 7. Background tasks, then the HTTP server (in-flight requests finish).
         if !self.background.shutdown(TASK_GRACE).await {
@@ -206,34 +228,40 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         TenantDbs::with_owner(tenants.clone(), config.tenant_db.clone(), owner.child())
             .context("tenant database pools")?;
 
-    // Streams start with a tenant's first subscriber; this node owns every tenant until the
-    // cluster's ring decides.
+    // This run's identity: the presence replica and the membership identity.
+    let node = NodeIncarnation::start(NodeId::new(config.cluster.node_name.as_str()));
+    let clustered = config.cluster.is_clustered();
+    // The ring over the live members names each tenant's stream owner; alone, this node.
+    let ring = Arc::new(RingOwnership::new(
+        node.node.clone(),
+        Ring::new([node.node.clone()], DEFAULT_VNODES_PER_NODE),
+    ));
+    // Streams start with a tenant's first subscriber, on the node the ring names.
     let changes = PostgresChanges::new(
         tenants.clone(),
         tenant_dbs.clone(),
         config.replication.clone(),
-        Arc::new(LocalOwnership),
+        ring.clone(),
         &owner,
     );
+    let links = PeerLinks::new();
 
     let fallback_tenant = config.tenants.fallback_tenant.clone();
-    let state = ApiState {
-        fallback_tenant: fallback_tenant.clone(),
-        tenants: tenants.clone(),
-        api: Arc::new(config.api.clone()),
-        node_name: Arc::from(config.cluster.node_name.as_str()),
-        region: config.region.as_deref().map(Arc::from),
-        body_limit: config.http.max_body_bytes,
-    };
     let hub = Hub::new();
-    let broadcaster = Arc::new(Broadcaster::new(hub.clone(), Arc::new(NoPeers)));
+    // A cluster of one pays nothing for peers: no interest events, no forwarding.
+    let (fanout, replication): (Arc<dyn PeerFanout>, Arc<dyn PresenceReplication>) = if clustered
+    {
+        hub.set_room_events(links.clone());
+        (links.clone(), links.clone())
+    } else {
+        (Arc::new(NoPeers), Arc::new(NoReplication))
+    };
+    let broadcaster = Arc::new(Broadcaster::new(hub.clone(), fanout));
     let limits = Arc::new(Limits::new(LimitsConfig::new(&config.limits)));
-    // This run's identity, for presence now and membership later.
-    let node = NodeIncarnation::start(NodeId::new(config.cluster.node_name.as_str()));
     let presence = Arc::new(Presence::new(
         hub.clone(),
         limits.clone(),
-        Arc::new(NoReplication),
+        replication,
         node.clone(),
     ));
     let draining = Arc::new(AtomicBool::new(false));
@@ -242,7 +270,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         tenants: tenants.clone(),
         hub: hub.clone(),
         broadcaster: broadcaster.clone(),
-        presence,
+        presence: presence.clone(),
         join_error_backoff: config.channel.join_error_backoff,
         claim_validators: config.api.jwt_claim_validators.clone(),
         tokens: tokens.clone(),
@@ -272,11 +300,97 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         broadcaster: broadcaster.clone(),
         limits: limits.clone(),
         claim_validators: config.api.jwt_claim_validators.clone(),
-        fallback_tenant,
+        fallback_tenant: fallback_tenant.clone(),
         body_limit: config.http.max_body_bytes,
     });
     // The WebSocket routes stay outside the HTTP middleware: every upgrade would otherwise pay
     // for it, and the handshake checks header lengths itself.
+    let listen = config.http.listen_addr();
+    let listener = bind_listener(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let local_addr = listener.local_addr().context("listener address")?;
+
+    // The cluster: peers (bus handler), the bus, then membership advertising the bus.
+    let cluster = owner.child();
+    let peers = Peers::new(
+        PeersParts {
+            me: node.clone(),
+            links: links.clone(),
+            broadcaster: broadcaster.clone(),
+            presence,
+            changes: Arc::new(ChangeRouter::new(
+                changes.clone(),
+                links.clone(),
+                clustered,
+                &cluster,
+            )),
+            ring: ring.clone(),
+            tenants: tenants.clone(),
+        },
+        &cluster,
+    );
+    let unspecified = |port| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
+    let bus = if clustered {
+        let secret = config
+            .cluster
+            .secret
+            .clone()
+            .context("CLUSTER_SECRET is required in a cluster")?;
+        let bind = unspecified(config.cluster.bus_port);
+        let bus = Bus::start(
+            BusConfig {
+                bind,
+                cluster_id: config.cluster.cluster_id.clone(),
+                secret,
+                queue_frames: 16_384,
+                request_timeout: Duration::from_secs(5),
+            },
+            crate::bus::node_run(&node),
+            peers.clone(),
+            &cluster,
+        )
+        .await
+        .with_context(|| format!("cannot start the cluster bus on {bind}"))?;
+        links.attach(bus.clone());
+        Some(bus)
+    } else {
+        None
+    };
+    let http_advertised = if local_addr.ip().is_loopback() || local_addr.ip().is_unspecified() {
+        unspecified(local_addr.port())
+    } else {
+        local_addr
+    };
+    let membership = Arc::new(
+        Membership::start(
+            &config.cluster,
+            node.clone(),
+            NodeAddresses {
+                bus: unspecified(bus.as_ref().map_or(0, |b| b.local_addr().port())),
+                http: http_advertised,
+                region: config.region.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            &cluster,
+        )
+        .await
+        .context("cluster membership")?,
+    );
+    if let Some(bus) = &bus {
+        peers.follow(membership.clone(), bus.clone(), &cluster);
+    }
+
+    let state = ApiState {
+        fallback_tenant: fallback_tenant.clone(),
+        tenants: tenants.clone(),
+        api: Arc::new(config.api.clone()),
+        node_name: Arc::from(config.cluster.node_name.as_str()),
+        region: config.region.as_deref().map(Arc::from),
+        body_limit: config.http.max_body_bytes,
+        cluster: Arc::new(ClusterStatusView {
+            peers: peers.clone(),
+            membership: membership.clone(),
+        }),
+    };
     let router = api::router(state)
         .merge(api::broadcast_routes(broadcast_api))
         .layer(axum::middleware::from_fn_with_state(
@@ -285,9 +399,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         ))
         .merge(transport::router(transport.clone()));
 
-    let listen = config.http.listen_addr();
-    let listener = bind_listener(listen).with_context(|| format!("cannot listen on {listen}"))?;
-    let local_addr = listener.local_addr().context("listener address")?;
     let (stop_accepting, stop_requested) = oneshot::channel::<()>();
     let (served_tx, served) = oneshot::channel();
     let server = owner.child();
@@ -322,6 +433,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         hub,
         transport,
         draining,
+        membership,
+        bus,
+        cluster,
         owner,
         background,
         server,

@@ -25,23 +25,9 @@ pub(crate) mod api;
 pub mod app;
 pub(crate) mod auth;
 pub(crate) mod broadcast;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the bus is wired into app by the cluster integration"
-    )
-)]
 pub(crate) mod bus;
 pub(crate) mod channel;
 pub(crate) mod close_code;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "membership is wired into app by the cluster integration"
-    )
-)]
 pub(crate) mod cluster;
 pub mod config;
 pub mod db;
@@ -51,13 +37,7 @@ pub(crate) mod limits;
 pub(crate) mod phoenix;
 pub mod postgres_changes;
 pub(crate) mod presence;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "cluster step: the lead builds the ring from membership and gives RingOwnership to StreamManager"
-    )
-)]
+pub(crate) mod peers;
 pub(crate) mod ring;
 pub mod tasks;
 pub(crate) mod telemetry;

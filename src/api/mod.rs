@@ -42,6 +42,14 @@ pub struct ApiState {
     pub fallback_tenant: Option<crate::types::TenantId>,
     /// Largest accepted JSON body of the tenants API, bytes.
     pub body_limit: usize,
+    /// What `GET /api/cluster` shows.
+    pub cluster: Arc<dyn ClusterStatus>,
+}
+
+/// The cluster as this node sees it, for `GET /api/cluster` (management token required).
+pub trait ClusterStatus: Send + Sync + std::fmt::Debug {
+    /// A JSON object: `node`, `incarnation`, `members`, `linked`, `streams`, ...
+    fn status(&self) -> serde_json::Value;
 }
 
 /// Builds the router of this module, served at `/` and at [`PATH_PREFIX`].

@@ -26,6 +26,7 @@ pub(super) fn routes(state: &ApiState) -> Router<ApiState> {
         .route("/api/tenants/{tenant_id}/reload", post(reload))
         .route("/api/tenants/{tenant_id}/shutdown", post(shutdown))
         .route("/api/tenants/{tenant_id}/health", get(health))
+        .route("/api/cluster", get(cluster))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_token,
@@ -65,6 +66,11 @@ async fn require_api_token(State(state): State<ApiState>, req: Request, next: Ne
             StatusCode::FORBIDDEN.into_response()
         }
     }
+}
+
+/// `GET /api/cluster`: this node, the live members, the bus links and the streams it owns.
+async fn cluster(State(state): State<ApiState>) -> Json<Value> {
+    Json(state.cluster.status())
 }
 
 fn timestamp(at: &NaiveDateTime) -> String {

@@ -61,10 +61,6 @@ impl Broadcaster {
     }
 
     /// Delivers a message that a peer published to this node's subscribers only.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "cluster step: the bus calls this")
-    )]
     pub fn deliver_from_peer(&self, room: &RoomKey, message: &FanoutMessage) -> usize {
         self.hub.publish(room, message, None)
     }

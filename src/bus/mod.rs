@@ -242,6 +242,15 @@ pub(crate) struct Bus {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("me", &self.shared.me)
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything the bus's tasks share.
 struct Shared {
     me: NodeRun,

@@ -78,10 +78,6 @@ impl crate::error::OperationalError for DeltaWireError {
 ///
 /// # Errors
 /// Only when the delta exceeds [`realtime_proto::MAX_MESSAGE_BYTES`].
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "cluster step: presence replication over the bus")
-)]
 pub fn encode_delta(delta: &PresenceDelta) -> Result<Vec<u8>, realtime_proto::EncodeError> {
     realtime_proto::encode(&delta.to_wire())
 }
@@ -90,10 +86,6 @@ pub fn encode_delta(delta: &PresenceDelta) -> Result<Vec<u8>, realtime_proto::En
 ///
 /// # Errors
 /// [`DeltaWireError`] for bytes that are not a delta or a delta that breaks an invariant.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "cluster step: presence replication over the bus")
-)]
 pub fn decode_delta(bytes: &[u8]) -> Result<PresenceDelta, DeltaWireError> {
     let wire: realtime_proto::presence::PresenceDelta = realtime_proto::decode(bytes)?;
     Ok(PresenceDelta::from_wire(&wire)?)
@@ -421,10 +413,6 @@ impl Presence {
     /// When the delta declares this node's own replica dead (a peer took it for down), the
     /// node continues under the next incarnation and re-tracks every local presence, so its
     /// sockets reappear under new refs instead of vanishing.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "cluster step: presence replication over the bus")
-    )]
     pub fn merge_from_peer(&self, delta: &PresenceDelta) -> usize {
         let mut inner = self.lock();
         let inner = &mut *inner;
@@ -453,10 +441,6 @@ impl Presence {
 
     /// Declares `replica` dead (its node left the cluster) and fans out the leaves of its
     /// presences; returns the number of local deliveries. Ignored for this node's own replica.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "cluster step: presence replication over the bus")
-    )]
     pub fn replica_down(&self, replica: &ReplicaId) -> usize {
         let mut inner = self.lock();
         if *replica == inner.me {
@@ -470,19 +454,11 @@ impl Presence {
     }
 
     /// Returns this node's digest, for anti-entropy.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "cluster step: presence replication over the bus")
-    )]
     pub fn digest(&self) -> Digest {
         self.lock().state.digest()
     }
 
     /// Returns what a peer with digest `theirs` misses, if anything.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "cluster step: presence replication over the bus")
-    )]
     pub fn delta_for(&self, theirs: &Digest) -> Option<PresenceDelta> {
         self.lock().state.delta_for(theirs)
     }
