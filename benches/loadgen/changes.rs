@@ -1055,6 +1055,7 @@ fn conn_config(o: &Opts, url: &str, token: String) -> Arc<ClientConfig> {
         payload: 0,
         source_ips: Vec::new(),
         heartbeat: Duration::from_secs_f64(o.heartbeat),
+        spread_urls: Vec::new(),
     })
 }
 

@@ -58,6 +58,9 @@ pub struct ClientConfig {
     pub source_ips: Vec<IpAddr>,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Other nodes of a cluster (`--spread-urls`): subscribers dial them round-robin, the
+    /// publishers stay on `url`. Empty: everyone dials `url`.
+    pub spread_urls: Vec<String>,
 }
 
 /// One connection's part in a scenario.
@@ -231,11 +234,15 @@ pub async fn open_fleet(
         // Closed only if the semaphore is dropped, which this function never does.
         let permit = gate.clone().acquire_owned().await.expect("gate closed");
         let source = (!cfg.source_ips.is_empty()).then(|| cfg.source_ips[i % cfg.source_ips.len()]);
+        let url = match (&role.publisher, cfg.spread_urls.len()) {
+            (None, n) if n > 0 => cfg.spread_urls[i % n].clone(),
+            _ => cfg.url.clone(),
+        };
         tasks.spawn(run_connection(
             cfg.clone(),
             shared.clone(),
             role,
-            source,
+            (url, source),
             phase_rx.clone(),
             stop_rx.clone(),
             permit,
@@ -284,10 +291,14 @@ impl Fleet {
 
 /// Connects one WebSocket to `cfg.url` with the tenant's Host header, from `source` if given.
 pub async fn dial(cfg: &ClientConfig, source: Option<IpAddr>) -> Result<Ws, String> {
-    let rest = cfg
-        .url
+    dial_url(cfg, &cfg.url, source).await
+}
+
+/// Connects one WebSocket to `url` (`cfg`'s tenant, token and version).
+async fn dial_url(cfg: &ClientConfig, url: &str, source: Option<IpAddr>) -> Result<Ws, String> {
+    let rest = url
         .strip_prefix("ws://")
-        .ok_or_else(|| format!("only ws:// URLs are supported: {}", cfg.url))?;
+        .ok_or_else(|| format!("only ws:// URLs are supported: {url}"))?;
     let authority = rest.split('/').next().unwrap_or(rest);
     let addr: SocketAddr = tokio::net::lookup_host(authority)
         .await
@@ -307,10 +318,10 @@ pub async fn dial(cfg: &ClientConfig, source: Option<IpAddr>) -> Result<Ws, Stri
     stream
         .set_nodelay(true)
         .map_err(|e| format!("nodelay: {e}"))?;
-    let sep = if cfg.url.contains('?') { '&' } else { '?' };
+    let sep = if url.contains('?') { '&' } else { '?' };
     let url = format!(
         "{}{sep}apikey={}&vsn={}",
-        cfg.url,
+        url,
         cfg.token,
         cfg.vsn.query_value()
     );
@@ -402,13 +413,13 @@ async fn run_connection(
     cfg: Arc<ClientConfig>,
     shared: Arc<Shared>,
     role: ConnRole,
-    source: Option<IpAddr>,
+    (url, source): (String, Option<IpAddr>),
     mut phase_rx: watch::Receiver<Phase>,
     mut stop: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) {
     let started_ns = now_ns();
-    let mut ws = match dial(&cfg, source).await {
+    let mut ws = match dial_url(&cfg, &url, source).await {
         Ok(ws) => ws,
         Err(err) => {
             shared.connect_failed.fetch_add(1, Ordering::Relaxed);

@@ -64,6 +64,8 @@ scenarios (--scenario):
 
 targets:
   --url ws://127.0.0.1:4000/socket/websocket   real server (omit: baseline only)
+  --spread-urls ws://..,ws://..                cluster nodes the real server's subscribers dial
+                                               round-robin (publishers stay on --url)
   --server-pid PID                             real server's pid for CPU and RSS
   --baseline auto|none|ws://...                (auto) spawn this binary's baseline-server
   --baseline-pid PID  --baseline-port 4100  --baseline-cpus 0 (taskset list for auto)
@@ -116,6 +118,7 @@ struct Opts {
     connect_concurrency: usize,
     connect_timeout: f64,
     source_ips: Vec<IpAddr>,
+    spread_urls: Vec<String>,
     heartbeat: f64,
     settle: f64,
     hold: f64,
@@ -162,6 +165,7 @@ impl Default for Opts {
             connect_concurrency: 256,
             connect_timeout: 120.0,
             source_ips: Vec::new(),
+            spread_urls: Vec::new(),
             heartbeat: 25.0,
             settle: 3.0,
             hold: 0.0,
@@ -263,6 +267,7 @@ impl Opts {
                 "--connect-concurrency" => o.connect_concurrency = parse_num(key, value)?,
                 "--connect-timeout" => o.connect_timeout = parse_num(key, value)?,
                 "--source-ips" => o.source_ips = parse_list(key, value)?,
+                "--spread-urls" => o.spread_urls = parse_list(key, value)?,
                 "--heartbeat" => o.heartbeat = parse_num(key, value)?,
                 "--settle" => o.settle = parse_num(key, value)?,
                 "--hold" => o.hold = parse_num(key, value)?,
@@ -1130,6 +1135,12 @@ async fn run(o: Opts) -> Result<(), String> {
             payload: o.payload,
             source_ips: o.source_ips.clone(),
             heartbeat: Duration::from_secs_f64(o.heartbeat),
+            // Only the real server is a cluster.
+            spread_urls: if Some(&target.url) == o.url.as_ref() {
+                o.spread_urls.clone()
+            } else {
+                Vec::new()
+            },
         });
         let out = match &work {
             Work::Steps { .. } => run_steps(cfg, &work, &o, target).await,
@@ -1183,6 +1194,7 @@ async fn run_presence(o: &Opts, token: String, conns: usize, rate: f64) -> Resul
         payload: o.payload,
         source_ips: o.source_ips.clone(),
         heartbeat: Duration::from_secs_f64(o.heartbeat),
+        spread_urls: o.spread_urls.clone(),
     });
     let plan = presence::Plan {
         tenant: &o.tenant,
