@@ -474,7 +474,7 @@ export function serverBinary() {
   return found;
 }
 
-class Server {
+export class Server {
   constructor({ pg, env, logFile }) {
     this.pg = pg;
     this.extraEnv = env;
@@ -594,7 +594,13 @@ export async function startEnv({ serverEnv = {} } = {}) {
     apiToken: () => signJwt({ role: 'service_role', exp: nowSec() + 3600 }, API_JWT_SECRET),
 
     /** POST /api/tenants. `overrides` merges into the tenant object. Returns the tenant record. */
-    async createTenant(overrides = {}) {
+    createTenant(overrides = {}) {
+      return env.createTenantVia(env, overrides);
+    },
+
+    /** POST /api/tenants on `via.server` (its port and host). */
+    async createTenantVia(via, overrides = {}) {
+      const server = via.server;
       const externalId = overrides.external_id ?? uid('tenant-');
       const jwtSecret = overrides.jwt_secret === undefined ? `secret-${crypto.randomBytes(16).toString('hex')}` : overrides.jwt_secret;
       const tenant = {
@@ -632,7 +638,7 @@ export async function startEnv({ serverEnv = {} } = {}) {
       if (r.status !== 201 && r.status !== 200) {
         throw new Error(`POST /api/tenants → ${r.status} ${r.text}`);
       }
-      return { externalId, jwtSecret, record: r.json?.data, host: env.host(externalId) };
+      return { externalId, jwtSecret, record: r.json?.data, host: via.host(externalId) };
     },
 
     /** A realtime-js client for `tenant` with `token` as apikey (and every other option passed through). */
@@ -752,4 +758,105 @@ export async function awaitFrame(sock, pred, { timeout = 5000, label = 'frame' }
     },
     { timeout, label: `${label} (frames so far: ${sock.messages.map((m) => (typeof m === 'string' ? m : `<binary ${m.toString('hex')}>`)).join(' ').slice(0, 800)})` },
   );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A cluster of node processes
+
+/**
+ * Starts Postgres and `n` node processes that form one cluster (gossip seeds, a shared secret,
+ * a cluster id of their own), and waits until every node lists all others as members and bus
+ * links in `GET /api/cluster`. `serverEnv` adds variables to every node.
+ */
+export async function startCluster(n, { serverEnv = {} } = {}) {
+  const base = await startEnv({ serverEnv: { NODE_NAME: 'node-1' } });
+  // The first node was started alone; restart it clustered with the others below.
+  await base.server.stop({ signal: 'SIGKILL' });
+  const ports = [];
+  for (let i = 0; i < n; i++) ports.push({ http: await freePort(), gossip: await freePort(), bus: await freePort() });
+  const seeds = ports.map((p) => `127.0.0.1:${p.gossip}`).join(',');
+  const cluster = {
+    CLUSTER_SEEDS: seeds,
+    CLUSTER_SECRET: crypto.randomBytes(24).toString('hex'),
+    CLUSTER_ID: uid('cluster-'),
+    ADVERTISE_ADDR: '127.0.0.1',
+  };
+  const nodes = ports.map((p, i) => {
+    const logFile = path.join(base.pg.root, `node-${i + 1}.log`);
+    const server = new Server({
+      pg: base.pg,
+      env: { ...cluster, NODE_NAME: `node-${i + 1}`, GOSSIP_PORT: String(p.gossip), BUS_PORT: String(p.bus), ...serverEnv },
+      logFile,
+    });
+    server.port = p.http;
+    return server;
+  });
+  await Promise.all(nodes.map((s) => s.start()));
+  const apiToken = () => signJwt({ role: 'service_role', exp: nowSec() + 3600 }, API_JWT_SECRET);
+  const clusterInfo = async (i) => {
+    const r = await httpRequest(nodes[i].port, { path: '/api/cluster', headers: { authorization: `Bearer ${apiToken()}` } });
+    if (r.status !== 200) throw new Error(`GET /api/cluster on node ${i + 1} → ${r.status} ${r.text}`);
+    return r.json;
+  };
+  const converged = async () => {
+    for (let i = 0; i < nodes.length; i++) {
+      if (!nodes[i].child) continue;
+      const live = nodes.filter((s) => s.child).length;
+      const info = await clusterInfo(i);
+      if (info.members.length !== live || info.linked.length !== live - 1) return false;
+    }
+    return true;
+  };
+  await waitUntil(converged, { timeout: 30_000, interval: 100, label: `${n} nodes converged` });
+  const clients = new Set();
+  const env = {
+    pg: base.pg,
+    nodes,
+    clusterInfo,
+    converged,
+    apiToken,
+    host: (tenant, i) => `${tenant}.localhost:${nodes[i].port}`,
+    /** POST /api/tenants on node `on` (default the first); the others learn it over the bus. */
+    createTenant: (overrides = {}, on = 0) => {
+      const view = { ...base, server: nodes[on], host: (t) => env.host(t, on) };
+      return base.createTenantVia(view, overrides);
+    },
+    /** A realtime-js client connected to node `i`. */
+    client(i, { tenant, token, ...opts } = {}) {
+      const h = env.host(tenant, i);
+      const c = new RealtimeClient(`ws://127.0.0.1:${nodes[i].port}/realtime/v1`, {
+        transport: hostTransport(h),
+        fetch: hostFetch(h),
+        params: { apikey: token },
+        ...opts,
+      });
+      clients.add(c);
+      return c;
+    },
+    async closeClients() {
+      await Promise.all(
+        [...clients].map(async (c) => {
+          try {
+            await c.removeAllChannels();
+          } catch {
+            /* ignore */
+          }
+          try {
+            await Promise.race([c.disconnect(), sleep(1000)]);
+          } catch {
+            /* ignore */
+          }
+        }),
+      );
+      clients.clear();
+    },
+    logTails: () => nodes.map((s, i) => `--- node-${i + 1}\n${s.logTail(80)}`).join('\n'),
+    async stop() {
+      await env.closeClients();
+      await Promise.all(nodes.map((s) => s.stop({ signal: 'SIGKILL' })));
+      if (process.env.REALTIME_TEST_LOG) process.stderr.write(env.logTails() + '\n');
+      base.pg.stop();
+    },
+  };
+  return env;
 }
