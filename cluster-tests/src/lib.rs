@@ -194,6 +194,34 @@ impl Builder {
     }
 }
 
+/// Prepares database `db` (of this process's PostgreSQL) for Postgres Changes of the self-host
+/// tenant, whose database it is: a table `public.items (id bigint primary key, note text)`
+/// readable by `anon`, and the publication `supabase_realtime` of it.
+pub async fn publish_items_table(db: &str) {
+    testkit::connect(db)
+        .await
+        .batch_execute(
+            "do $$ begin create role anon nologin;
+               exception when duplicate_object or unique_violation then null; end $$;
+             create table public.items (id bigint primary key, note text);
+             grant usage on schema public to anon;
+             grant select on public.items to anon;
+             create publication supabase_realtime for table public.items;",
+        )
+        .await
+        .expect("the items table and its publication");
+}
+
+/// The ids of the `public.items` INSERTs `client` received on `sub_topic`, in arrival order.
+pub fn inserted_ids(client: &Client, sub_topic: &str) -> Vec<i64> {
+    client
+        .changes(sub_topic)
+        .iter()
+        .filter(|d| d["type"] == "INSERT" && d["table"] == "items")
+        .filter_map(|d| d["record"]["id"].as_i64())
+        .collect()
+}
+
 /// `n` random bytes from the kernel, as hex.
 fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cluster_tests::{Client, Nodes, join_config};
+use cluster_tests::{Client, Nodes, inserted_ids, join_config, publish_items_table};
 use serde_json::json;
 
 const ROOM: &str = "changes";
@@ -17,12 +17,7 @@ const ROWS: i64 = 150;
 const KILL_AFTER: i64 = 50;
 
 fn ids(client: &Client) -> Vec<i64> {
-    client
-        .changes(ROOM)
-        .iter()
-        .filter(|d| d["type"] == "INSERT" && d["table"] == "items")
-        .filter_map(|d| d["record"]["id"].as_i64())
-        .collect()
+    inserted_ids(client, ROOM)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,17 +25,8 @@ async fn killing_the_stream_owner_loses_no_committed_change() {
     // One slot name for every node (the stream moves between them), unique to this process.
     let suffix = format!("ct{}", std::process::id());
     let mut nodes = Nodes::start(3, &[("SLOT_NAME_SUFFIX", &suffix)]).await;
+    publish_items_table(&nodes.db).await;
     let db = testkit::connect(&nodes.db).await;
-    db.batch_execute(
-        "do $$ begin create role anon nologin;
-           exception when duplicate_object or unique_violation then null; end $$;
-         create table public.items (id bigint primary key, note text);
-         grant usage on schema public to anon;
-         grant select on public.items to anon;
-         create publication supabase_realtime for table public.items;",
-    )
-    .await
-    .expect("the tenant's table and publication");
     nodes.wait_converged(CONVERGE).await;
 
     let binding = json!([{"event": "INSERT", "schema": "public", "table": "items"}]);
