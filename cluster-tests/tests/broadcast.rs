@@ -21,8 +21,8 @@ async fn joined(nodes: &Nodes, i: usize, label: &str, self_broadcast: bool) -> C
     client
 }
 
-/// Waits until every client has `payload` of event `msg`, lets duplicates arrive, and returns
-/// each client's count of it.
+/// Waits until every client expected to get `payload` (event `msg`) has it, lets duplicates
+/// arrive, and checks each client's count of it against `expect`.
 async fn counts(clients: &mut [&mut Client], payload: &serde_json::Value, expect: &[usize]) {
     for (c, &n) in clients.iter_mut().zip(expect) {
         if n > 0 {
@@ -33,8 +33,10 @@ async fn counts(clients: &mut [&mut Client], payload: &serde_json::Value, expect
             .await;
         }
     }
+    // Let duplicates arrive, then read what came meanwhile.
+    tokio::time::sleep(QUIET).await;
     for c in clients.iter_mut() {
-        c.settle(QUIET).await;
+        c.settle(Duration::from_millis(50)).await;
     }
     let got: Vec<usize> = clients
         .iter()

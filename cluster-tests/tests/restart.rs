@@ -29,9 +29,11 @@ async fn a_restarted_node_rejoins_without_its_old_presences() {
         .await;
     }
     let old = nodes.cluster_info(1).await.expect("node-2's view");
-    drop(clients.remove(1));
+    // Its socket stays open until the kill: old-2 must not leave by an untrack first.
+    let on_killed = clients.remove(1);
 
     nodes.kill(1);
+    drop(on_killed);
     let restarted = Instant::now();
     nodes.restart(1).await;
     nodes.wait_converged(CONVERGE).await;
