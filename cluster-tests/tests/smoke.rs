@@ -1,5 +1,5 @@
-//! Two node processes of the built binary against one PostgreSQL: each answers a heartbeat and
-//! a join on its own (the cluster does not link them yet).
+//! Two node processes of the built binary against one PostgreSQL, started by the harness with
+//! the cluster variables: each answers a heartbeat and a join, whether or not they have linked.
 
 use cluster_tests::Nodes;
 use serde_json::json;
@@ -35,10 +35,10 @@ async fn two_node_processes_on_one_database_each_serve_a_client() {
     assert_ne!(nodes[0].addr(), nodes[1].addr());
 
     let token = client_token(API_SECRET, 3600);
-    for (i, node) in nodes.nodes.iter().enumerate() {
-        let mut ws = connect_as(node, SELF_HOST, &token, "2.0.0").await;
+    for i in 0..nodes.len() {
+        let mut ws = connect_as(&nodes[i], SELF_HOST, &token, "2.0.0").await;
         heartbeat_and_join(&mut ws).await;
-        let log = node.log_text();
-        assert!(log.contains(&format!("node-{}", i + 1)), "{log}");
+        let log = nodes[i].log_text();
+        assert!(log.contains(nodes.name(i)), "{log}");
     }
 }

@@ -169,6 +169,21 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// How to run one node process: the program and its arguments (a wrapper such as
+/// `ip netns exec <ns> <binary>` works: it must end up exec'ing the node in the same process),
+/// its whole environment, and the address of its HTTP listener.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The program to run.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Its environment, exactly (nothing is inherited).
+    pub vars: Vec<(String, String)>,
+    /// Where its HTTP listener answers once it is ready.
+    pub addr: SocketAddr,
+}
+
 /// A `realtime` node running as a child process; killed when dropped.
 ///
 /// Its stdout and stderr go to a log file, whose tail is printed (and the file kept) when the
@@ -200,27 +215,48 @@ impl Node {
         let mut last_log = String::new();
         for _ in 0..attempts {
             let port = fixed_port.unwrap_or_else(free_port);
-            let mut node = Node::spawn(bin, &vars, port);
-            if node.wait_ready().await {
-                return node;
+            let mut vars = vars.clone();
+            vars.push(("PORT".to_string(), port.to_string()));
+            let launch = Launch {
+                program: bin.to_path_buf(),
+                args: Vec::new(),
+                vars,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            };
+            match Node::launch(&launch).await {
+                Ok(node) => return node,
+                // The failed node was dropped (killed); try again on another port.
+                Err(log) => last_log = log,
             }
-            last_log = node.log_text();
-            // Dropping kills it; try again on another port.
         }
         panic!(
             "realtime node did not become ready on {attempts} attempt(s); last log:\n{last_log}"
         );
     }
 
-    fn spawn(bin: &Path, vars: &[(String, String)], port: u16) -> Node {
+    /// Runs `launch` once and waits until `GET http://<launch.addr>/healthcheck` answers.
+    /// Nothing is filled in: `PORT`, `BIND_ADDR` and the rest come from `launch.vars` alone.
+    ///
+    /// # Errors
+    /// The node's log when it exited or did not become ready in time (it is killed then).
+    pub async fn launch(launch: &Launch) -> Result<Node, String> {
+        let mut node = Node::spawn(launch);
+        if node.wait_ready().await {
+            Ok(node)
+        } else {
+            Err(node.log_text())
+        }
+    }
+
+    fn spawn(launch: &Launch) -> Node {
         let n = NODE_COUNTER.fetch_add(1, Ordering::Relaxed);
         let log =
             std::env::temp_dir().join(format!("realtime-test-node-{}-{n}.log", std::process::id()));
         let file = File::create(&log).expect("node log file");
-        let mut cmd = Command::new(bin);
-        cmd.env_clear()
-            .envs(vars.iter().map(|(k, v)| (k, v)))
-            .env("PORT", port.to_string())
+        let mut cmd = Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .env_clear()
+            .envs(launch.vars.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("node log file"))
             .stderr(file);
@@ -234,10 +270,10 @@ impl Node {
         }
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("start {}: {e}", launch.program.display()));
         Node {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: launch.addr,
             log,
         }
     }
@@ -272,6 +308,22 @@ impl Node {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGKILL and reaps the process (its sockets are closed once this returns).
+    pub fn kill(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("wait for the node")
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for the node")
+    }
+
+    /// The file the node logs to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// What the node has logged so far.
