@@ -222,6 +222,54 @@ pub fn inserted_ids(client: &Client, sub_topic: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The convergence rule of [`Nodes::wait_converged_among`] over the views of the nodes `among`
+/// (`views[k]` is node `among[k]`'s): each lists each of them as a member, with the incarnation
+/// that node reports for itself, and as linked (itself excepted); none lists a node that is not
+/// running. `Err` says what is missing first.
+fn check_converged(
+    names: &[&str],
+    running: &[bool],
+    among: &[usize],
+    views: &[Result<ClusterInfo, String>],
+) -> Result<(), String> {
+    let mut infos = Vec::new();
+    for (&i, view) in among.iter().zip(views) {
+        let info = view.as_ref().map_err(Clone::clone)?;
+        if info.node != names[i] {
+            return Err(format!("{} answers as {}", names[i], info.node));
+        }
+        infos.push(info);
+    }
+    let down: Vec<&str> = (0..names.len())
+        .filter(|&k| !running[k])
+        .map(|k| names[k])
+        .collect();
+    for (&i, info) in among.iter().zip(&infos) {
+        for (&j, other) in among.iter().zip(&infos) {
+            match info.incarnation_of(names[j]) {
+                None => return Err(format!("{} does not list {}", names[i], names[j])),
+                Some(Some(inc)) if inc != other.incarnation => {
+                    return Err(format!(
+                        "{} lists {} with incarnation {inc}, not {}",
+                        names[i], names[j], other.incarnation
+                    ));
+                }
+                Some(_) => {}
+            }
+            if i != j && !info.linked.iter().any(|n| n == names[j]) {
+                return Err(format!("{} is not linked to {}", names[i], names[j]));
+            }
+        }
+        if let Some(gone) = down
+            .iter()
+            .find(|d| info.incarnation_of(d).is_some() || info.linked.iter().any(|n| n == *d))
+        {
+            return Err(format!("{} still lists {gone}, which is down", names[i]));
+        }
+    }
+    Ok(())
+}
+
 /// `n` random bytes from the kernel, as hex.
 fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
@@ -482,51 +530,9 @@ impl Nodes {
         among: &[usize],
         views: &[Result<ClusterInfo, String>],
     ) -> Result<(), String> {
-        let mut infos = Vec::new();
-        for (&i, view) in among.iter().zip(views) {
-            let info = view.as_ref().map_err(Clone::clone)?;
-            if info.node != self.name(i) {
-                return Err(format!("{} answers as {}", self.name(i), info.node));
-            }
-            infos.push(info);
-        }
-        let down: Vec<&str> = (0..self.len())
-            .filter(|&k| !self.is_running(k))
-            .map(|k| self.name(k))
-            .collect();
-        for (&i, info) in among.iter().zip(&infos) {
-            for (&j, other) in among.iter().zip(&infos) {
-                match info.incarnation_of(self.name(j)) {
-                    None => return Err(format!("{} does not list {}", self.name(i), self.name(j))),
-                    Some(Some(inc)) if inc != other.incarnation => {
-                        return Err(format!(
-                            "{} lists {} with incarnation {inc}, not {}",
-                            self.name(i),
-                            self.name(j),
-                            other.incarnation
-                        ));
-                    }
-                    Some(_) => {}
-                }
-                if i != j && !info.linked.iter().any(|n| n == self.name(j)) {
-                    return Err(format!(
-                        "{} is not linked to {}",
-                        self.name(i),
-                        self.name(j)
-                    ));
-                }
-            }
-            if let Some(gone) = down
-                .iter()
-                .find(|d| info.incarnation_of(d).is_some() || info.linked.iter().any(|n| n == *d))
-            {
-                return Err(format!(
-                    "{} still lists {gone}, which is down",
-                    self.name(i)
-                ));
-            }
-        }
-        Ok(())
+        let names: Vec<&str> = self.specs.iter().map(|s| s.name.as_str()).collect();
+        let running: Vec<bool> = (0..self.len()).map(|k| self.is_running(k)).collect();
+        check_converged(&names, &running, among, views)
     }
 
     /// Kills node `i` with SIGKILL and reaps it (its ports are free when this returns).
@@ -643,5 +649,87 @@ impl std::ops::Index<usize> for Nodes {
 
     fn index(&self, i: usize) -> &Node {
         self.node(i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(node: &str, inc: u64, members: &[(&str, u64)], linked: &[&str]) -> ClusterInfo {
+        serde_json::from_value(serde_json::json!({
+            "node": node,
+            "incarnation": inc,
+            "members": members.iter().map(|(n, i)| serde_json::json!(
+                {"node": n, "incarnation": i, "http_addr": "127.0.0.1:1"})).collect::<Vec<_>>(),
+            "linked": linked,
+            "streams": [],
+        }))
+        .expect("a view parses")
+    }
+
+    const NAMES: [&str; 3] = ["node-1", "node-2", "node-3"];
+
+    #[test]
+    fn convergence_needs_every_member_link_and_incarnation_and_no_down_node() {
+        let all = [("node-1", 1), ("node-2", 2), ("node-3", 3)];
+        let good = || {
+            vec![
+                Ok(view("node-1", 1, &all, &["node-2", "node-3"])),
+                Ok(view("node-2", 2, &all, &["node-1", "node-3"])),
+                Ok(view("node-3", 3, &all, &["node-1", "node-2"])),
+            ]
+        };
+        let up = [true; 3];
+        assert_eq!(check_converged(&NAMES, &up, &[0, 1, 2], &good()), Ok(()));
+
+        let mut unlinked = good();
+        unlinked[1] = Ok(view("node-2", 2, &all, &["node-1"]));
+        assert_eq!(
+            check_converged(&NAMES, &up, &[0, 1, 2], &unlinked),
+            Err("node-2 is not linked to node-3".into())
+        );
+
+        let mut stale = good();
+        stale[0] = Ok(view(
+            "node-1",
+            1,
+            &[("node-1", 1), ("node-2", 9), ("node-3", 3)],
+            &["node-2", "node-3"],
+        ));
+        assert!(
+            check_converged(&NAMES, &up, &[0, 1, 2], &stale)
+                .is_err_and(|e| e.contains("incarnation 9, not 2"))
+        );
+
+        // node-3 is down: the others must not list it, and only they are checked.
+        let two = [("node-1", 1), ("node-2", 2)];
+        let down = [true, true, false];
+        let pair = vec![
+            Ok(view("node-1", 1, &two, &["node-2"])),
+            Ok(view("node-2", 2, &all, &["node-1"])),
+        ];
+        assert_eq!(
+            check_converged(&NAMES, &down, &[0, 1], &pair),
+            Err("node-2 still lists node-3, which is down".into())
+        );
+        let pair = vec![
+            Ok(view("node-1", 1, &two, &["node-2"])),
+            Ok(view("node-2", 2, &two, &["node-1"])),
+        ];
+        assert_eq!(check_converged(&NAMES, &down, &[0, 1], &pair), Ok(()));
+
+        // A running node outside `among` (the wrong-secret case) may appear or not.
+        let pair = vec![
+            Ok(view("node-1", 1, &all, &["node-2"])),
+            Ok(view("node-2", 2, &two, &["node-1"])),
+        ];
+        assert_eq!(check_converged(&NAMES, &up, &[0, 1], &pair), Ok(()));
+
+        let failed = vec![Err("GET: 404".to_string())];
+        assert_eq!(
+            check_converged(&NAMES, &up, &[0], &failed),
+            Err("GET: 404".into())
+        );
     }
 }

@@ -7,12 +7,13 @@
 //! everything else (the test's clients included) still flows. [`NetLab::heal`] deletes those
 //! entries and ARP takes over again.
 //!
-//! Needs root and `ip` (iproute2). Everything is named `rt<pid>…` and removed on drop; the /24
+//! Needs root and `ip` (iproute2). Everything is named `rt<pid>…` and removed on drop (and by
+//! the next lab, if the process that made it died first); the /24
 //! is `10.231.<x>.0/24` with `x` derived from the pid. All traffic stays on this machine: the
 //! bridge has no uplink and nothing is routed beyond it.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::Host;
@@ -69,12 +70,13 @@ impl NetLab {
         let pid = std::process::id();
         let mut lab = NetLab {
             ip_bin: find_ip().expect("checked above"),
-            tag: format!("rt{}", pid % 100_000),
+            tag: format!("rt{pid}"),
             subnet: (pid % 200 + 20) as u8,
             namespaces: Vec::new(),
             bridge: None,
             blocked: Vec::new(),
         };
+        lab.remove_stale();
         let bridge = format!("{}b", lab.tag);
         lab.ip(&["link", "add", &bridge, "type", "bridge"])?;
         lab.bridge = Some(bridge.clone());
@@ -99,6 +101,40 @@ impl NetLab {
             lab.ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         Ok(lab)
+    }
+
+    /// Removes the namespaces and bridges of labs whose test process is gone (killed before
+    /// its drop ran), so their addresses do not shadow this lab's.
+    fn remove_stale(&self) {
+        let owner_gone = |name: &str| -> bool {
+            let digits: String = name
+                .strip_prefix("rt")
+                .unwrap_or_default()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            !digits.is_empty() && !Path::new(&format!("/proc/{digits}")).exists()
+        };
+        let list = |args: &[&str]| -> String {
+            Command::new(&self.ip_bin)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for line in list(&["netns", "list"]).lines() {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            if name.contains('-') && owner_gone(name) {
+                let _ = self.ip(&["netns", "del", name]);
+            }
+        }
+        for line in list(&["-o", "link", "show", "type", "bridge"]).lines() {
+            // `<index>: <name>: <flags> ...`
+            let name = line.split(':').nth(1).unwrap_or_default().trim();
+            if name.ends_with('b') && owner_gone(name) {
+                let _ = self.ip(&["link", "del", name]);
+            }
+        }
     }
 
     fn ip(&self, args: &[&str]) -> Result<(), String> {
