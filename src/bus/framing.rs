@@ -11,6 +11,8 @@ use quinn::{ReadError, RecvStream};
 pub(super) const PREFIX_BYTES: usize = 4;
 /// Frames up to this size are copied into the batch buffer; larger ones are sent as is.
 const COALESCE_BELOW: usize = 16 * 1024;
+/// Most memory reserved for a message before its bytes arrive (the buffer grows as they do).
+const RESERVE_AHEAD: usize = 1024 * 1024;
 /// Chunks asked of quinn per read.
 const READ_CHUNKS: usize = 32;
 
@@ -75,8 +77,9 @@ impl Deframer {
         }
         let total = PREFIX_BYTES + len;
         if self.buf.len() < total {
-            // Bounded by `max`: checked above.
-            self.buf.reserve(total - self.buf.len());
+            // Bounded by `max` (checked above), and by RESERVE_AHEAD until the bytes arrive.
+            self.buf
+                .reserve((total - self.buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         self.buf.advance(PREFIX_BYTES);

@@ -606,24 +606,27 @@ async fn dial_once(
         .endpoint
         .connect_with(shared.client_config.clone(), addr, super::tls::SERVER_NAME)
         .map_err(|e| HandshakeError::Connection(e.to_string()))?;
-    let handshake = async {
-        let conn = connecting
-            .await
-            .map_err(|e| HandshakeError::Connection(e.to_string()))?;
-        match handshake::dial(&shared.identity, &conn, target).await {
-            Ok(()) => Ok(conn),
-            Err(error) => {
-                error.close(&conn);
-                Err(error)
-            }
-        }
+    // A peer that does not answer TLS is down or unreachable: a connection failure, not a
+    // refusal.
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(error)) => return Err(HandshakeError::Connection(error.to_string())),
+        Err(_) => return Err(HandshakeError::Connection("no answer".to_string())),
     };
     // The acceptor may wait for its membership before it answers.
-    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT + LISTING_WAIT, handshake)
-        .await
-        .map_err(|_| HandshakeError::refused(Refusal::Timeout, "no welcome in time"))??;
-    shared
-        .register(target, &conn)
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT + LISTING_WAIT,
+        handshake::dial(&shared.identity, &conn, target),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(HandshakeError::refused(
+            Refusal::Timeout,
+            "the peer did not finish the handshake in time",
+        ))
+    });
+    handshake
+        .and_then(|()| shared.register(target, &conn))
         .inspect_err(|error| error.close(&conn))
 }
 

@@ -570,6 +570,30 @@ async fn garbage_after_a_valid_handshake_closes_only_that_link() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_to_a_silent_peer_times_out() {
+    let owner = Owner::new();
+    let mut fast = config(SECRET, CLUSTER);
+    fast.request_timeout = Duration::from_millis(200);
+    let m = start_with(run("m", 1), fast, &owner).await;
+    let raw_run = run("a", 1);
+    m.bus
+        .set_peers(&[(raw_run.clone(), "127.0.0.1:9".parse().unwrap())]);
+    let client = raw_client();
+    let conn = raw_connect(&client, m.addr()).await;
+    let raw = Identity::new(CLUSTER.to_string(), raw_run.clone(), SECRET.as_bytes());
+    handshake::dial(&raw, &conn, &m.run)
+        .await
+        .expect("valid handshake");
+    eventually("the raw link", || m.bus.linked().contains(&raw_run)).await;
+    assert_eq!(
+        m.bus.request("a", Request::Ping).await,
+        Err(RpcError::Timeout)
+    );
+    drop(conn);
+    owner.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_peer_relinks_with_its_new_incarnation() {
     let owner = Owner::new();
     let a = start("a", &owner).await;
