@@ -19,8 +19,8 @@ use tokio::sync::oneshot;
 use crate::api::{self, ApiState};
 use crate::broadcast::{Broadcaster, NoPeers, PeerFanout};
 use crate::bus::{Bus, BusConfig};
-use crate::cluster::{Membership, NodeAddresses};
 use crate::channel::ChannelContext;
+use crate::cluster::{Membership, NodeAddresses};
 use crate::config::Config;
 use crate::db::{Db, TenantDbs};
 use crate::hub::Hub;
@@ -176,6 +176,9 @@ impl RunningApp {
         if !self.background.shutdown(TASK_GRACE).await {
             tracing::warn!("background tasks still running after the grace period");
         }
+        // The listener was told to stop in step 1: wait for the server's own result before
+        // its task is cancelled (a cancelled task would drop it).
+        let served = tokio::time::timeout(TASK_GRACE, &mut self.served).await;
         let server_stopped = self.server.shutdown(TASK_GRACE).await;
         //    Tenant database pools: nothing uses them once sockets and requests are done.
         if !self.tenant_dbs.shutdown(TASK_GRACE).await {
@@ -183,12 +186,13 @@ impl RunningApp {
         }
         self.owner.shutdown(TASK_GRACE).await;
         self.db.close();
-        if !server_stopped {
-            anyhow::bail!("HTTP server did not stop within {TASK_GRACE:?}");
-        }
-        match self.served.try_recv() {
-            Ok(served) => served.context("HTTP server failed"),
-            Err(_) => anyhow::bail!("HTTP server task ended without a result"),
+        match served {
+            Ok(Ok(result)) => result.context("HTTP server failed"),
+            Ok(Err(_)) => anyhow::bail!("HTTP server task ended without a result"),
+            Err(_) if !server_stopped => {
+                anyhow::bail!("HTTP server did not stop within {TASK_GRACE:?}")
+            }
+            Err(_) => anyhow::bail!("HTTP server did not finish within {TASK_GRACE:?}"),
         }
     }
 }
@@ -249,8 +253,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let fallback_tenant = config.tenants.fallback_tenant.clone();
     let hub = Hub::new();
     // A cluster of one pays nothing for peers: no interest events, no forwarding.
-    let (fanout, replication): (Arc<dyn PeerFanout>, Arc<dyn PresenceReplication>) = if clustered
-    {
+    let (fanout, replication): (Arc<dyn PeerFanout>, Arc<dyn PresenceReplication>) = if clustered {
         hub.set_room_events(links.clone());
         (links.clone(), links.clone())
     } else {

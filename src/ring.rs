@@ -165,7 +165,13 @@ impl Ring {
     }
 
     /// A ring of `members` with this ring's points per node.
-    #[cfg_attr(not(test), expect(dead_code, reason = "forwarding changes between nodes uses the moves (next step of the cluster)"))]
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "forwarding changes between nodes uses the moves (next step of the cluster)"
+        )
+    )]
     pub(crate) fn with_members(&self, members: impl IntoIterator<Item = NodeId>) -> Ring {
         Ring::new(members, self.vnodes_per_node)
     }
@@ -183,13 +189,25 @@ impl Ring {
     }
 
     /// Whether `node` is a member.
-    #[cfg_attr(not(test), expect(dead_code, reason = "forwarding changes between nodes uses the moves (next step of the cluster)"))]
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "forwarding changes between nodes uses the moves (next step of the cluster)"
+        )
+    )]
     pub(crate) fn contains(&self, node: &NodeId) -> bool {
         self.members.binary_search(node).is_ok()
     }
 
     /// Whether the ring has no members (then no tenant has an owner).
-    #[cfg_attr(not(test), expect(dead_code, reason = "forwarding changes between nodes uses the moves (next step of the cluster)"))]
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "forwarding changes between nodes uses the moves (next step of the cluster)"
+        )
+    )]
     pub(crate) fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
@@ -270,7 +288,13 @@ impl RingChange {
     }
 
     /// The tenants among `tenants` whose owner changed (see [`moved`]).
-    #[cfg_attr(not(test), expect(dead_code, reason = "forwarding changes between nodes uses the moves (next step of the cluster)"))]
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "forwarding changes between nodes uses the moves (next step of the cluster)"
+        )
+    )]
     pub(crate) fn moved<'a>(&self, tenants: impl IntoIterator<Item = &'a TenantId>) -> Vec<Moved> {
         moved(&self.old, &self.new, tenants)
     }
@@ -334,7 +358,9 @@ impl StreamOwnership for RingOwnership {
 
     fn owner(&self, tenant: &TenantId) -> Option<NodeId> {
         let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
-        ring.owner(tenant).filter(|owner| **owner != self.node).cloned()
+        ring.owner(tenant)
+            .filter(|owner| **owner != self.node)
+            .cloned()
     }
 }
 

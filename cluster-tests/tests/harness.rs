@@ -32,7 +32,9 @@ async fn kill_stop_and_restart_keep_name_and_ports() {
         let mut c = nodes.client(i, "probe").await;
         c.join("room", join_config(false, None, json!([]))).await;
     }
-    let extra = nodes.add_node(&[("CLUSTER_SECRET", "another")]).await;
+    let extra = nodes
+        .add_node(&[("CLUSTER_SECRET", "another-secret-of-the-cluster")])
+        .await;
     assert_eq!(nodes.name(extra), "node-3");
     assert!(nodes.alive(extra));
     let ports: Vec<_> = (0..3).map(|i| nodes.ports(i)).collect();

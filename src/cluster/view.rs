@@ -57,19 +57,28 @@ impl MembershipView {
     }
 
     /// Returns true when exactly that incarnation is a live member.
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by tests and the change forwarding to come"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "used by tests and the change forwarding to come")
+    )]
     pub fn contains(&self, node: &NodeIncarnation) -> bool {
         self.get(&node.node).is_some_and(|m| m.node == *node)
     }
 
     /// Returns the number of live members (at least one: this node).
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by tests and the change forwarding to come"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "used by tests and the change forwarding to come")
+    )]
     pub fn len(&self) -> usize {
         self.members.len()
     }
 
     /// Returns true when the view holds nobody (never the case for a running membership).
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by tests and the change forwarding to come"))]
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "used by tests and the change forwarding to come")
+    )]
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }

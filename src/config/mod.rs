@@ -494,7 +494,10 @@ mod tests {
 
     #[test]
     fn a_cluster_needs_a_long_enough_secret() {
-        for seeds in [("CLUSTER_SEEDS", "127.0.0.1:7946"), ("DNS_NODES", "realtime")] {
+        for seeds in [
+            ("CLUSTER_SEEDS", "127.0.0.1:7946"),
+            ("DNS_NODES", "realtime"),
+        ] {
             assert_eq!(parse(&[seeds]).unwrap_err().variable(), "CLUSTER_SECRET");
             assert_eq!(
                 parse(&[seeds, ("CLUSTER_SECRET", "short")])

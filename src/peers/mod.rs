@@ -217,8 +217,7 @@ impl BusHandler for Peers {
                     removed.into_iter().map(wire::room_from_wire).collect();
                 match (added, removed) {
                     (Ok(added), Ok(removed)) => {
-                        self.links
-                            .apply_interest(&from.name, reset, added, removed);
+                        self.links.apply_interest(&from.name, reset, added, removed);
                     }
                     (Err(err), _) | (_, Err(err)) => self.refuse(from, "interest", &err),
                 }

@@ -16,8 +16,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::dispatch::{self, PendingChange};
-use super::pgoutput::{self, Message, Relation, RelationCache};
 use super::feed::FeedCursor;
+use super::pgoutput::{self, Message, Relation, RelationCache};
 use super::replication::{Lsn, StreamEvent};
 use super::rls::{self, Visibility};
 use super::service::{Shared, notice_frame, notify_subscribed};

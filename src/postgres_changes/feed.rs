@@ -93,9 +93,7 @@ pub(crate) fn event_to_wire(event: &StreamEvent) -> Option<wire::StreamEvent> {
 /// Converts a peer's stream event (bytes are checked by the pgoutput decoder later).
 pub(crate) fn event_from_wire(event: wire::StreamEvent) -> Option<StreamEvent> {
     Some(match event {
-        wire::StreamEvent::Connected => StreamEvent::Connected {
-            start_lsn: Lsn(0),
-        },
+        wire::StreamEvent::Connected => StreamEvent::Connected { start_lsn: Lsn(0) },
         wire::StreamEvent::Begin {
             final_lsn,
             commit_micros,
@@ -429,10 +427,12 @@ impl Feeds {
             return;
         }
         let (me, tenant, expected) = (self.clone(), tenant.clone(), feed.generation);
-        self.inner.owner.spawn("postgres changes feed idle", async move {
-            tokio::time::sleep(me.inner.idle).await;
-            me.end_if_idle(&tenant, expected);
-        });
+        self.inner
+            .owner
+            .spawn("postgres changes feed idle", async move {
+                tokio::time::sleep(me.inner.idle).await;
+                me.end_if_idle(&tenant, expected);
+            });
     }
 
     fn end_if_idle(&self, tenant: &TenantId, expected: u64) {
@@ -458,10 +458,12 @@ impl Feeds {
             Source::Local { pump, .. } => {
                 let inner = self.inner.clone();
                 let tenant = tenant.clone();
-                self.inner.owner.spawn("postgres changes feed end", async move {
-                    pump.shutdown(Duration::from_secs(1)).await;
-                    inner.manager.retire(&tenant);
-                });
+                self.inner
+                    .owner
+                    .spawn("postgres changes feed end", async move {
+                        pump.shutdown(Duration::from_secs(1)).await;
+                        inner.manager.retire(&tenant);
+                    });
             }
             Source::Remote { owner, .. } => self.inner.peers().want(&owner, tenant, false, 0),
         }
@@ -634,10 +636,12 @@ impl Feeds {
                 Source::Local { pump, .. } => {
                     let inner = self.inner.clone();
                     let tenant = tenant.clone();
-                    self.inner.owner.spawn("postgres changes relinquish", async move {
-                        pump.shutdown(Duration::from_secs(1)).await;
-                        inner.manager.relinquish(&tenant).await;
-                    });
+                    self.inner
+                        .owner
+                        .spawn("postgres changes relinquish", async move {
+                            pump.shutdown(Duration::from_secs(1)).await;
+                            inner.manager.relinquish(&tenant).await;
+                        });
                 }
                 Source::Remote { owner, .. } => self.inner.peers().want(&owner, &tenant, false, 0),
             }
@@ -768,7 +772,14 @@ mod tests {
         assert_eq!(back[0], StreamEvent::Connected { start_lsn: Lsn(0) });
         assert_eq!(back[1], events[1]);
         assert_eq!(back[2], events[2]);
-        assert!(matches!(back[3], StreamEvent::Commit { lsn: Lsn(100), end_lsn: Lsn(108), .. }));
+        assert!(matches!(
+            back[3],
+            StreamEvent::Commit {
+                lsn: Lsn(100),
+                end_lsn: Lsn(108),
+                ..
+            }
+        ));
         assert_eq!(
             back[4],
             StreamEvent::Lost {
@@ -781,7 +792,10 @@ mod tests {
             prefix: "p".into(),
             content: Bytes::new(),
         };
-        assert!(event_to_wire(&message).is_none(), "messages stay on the owner");
+        assert!(
+            event_to_wire(&message).is_none(),
+            "messages stay on the owner"
+        );
         let bad_time = wire::StreamEvent::Begin {
             final_lsn: 1,
             commit_micros: i64::MAX,

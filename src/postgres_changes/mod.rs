@@ -12,8 +12,8 @@
 
 pub(crate) mod binding;
 mod consumer;
-pub(crate) mod feed;
 pub(crate) mod dispatch;
+pub(crate) mod feed;
 pub(crate) mod filter;
 mod inspect;
 pub(crate) mod payload;

@@ -18,12 +18,12 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::binding::{BindingError, BindingSpec};
+use super::feed::{Acquired, Feeds};
 use super::filter::ColumnInfo as FilterColumn;
 use super::registry::{
     ChannelKey, ColumnView, Registry, SubscriberAuth, Subscription, TableBinding, TableMeta,
     TableName,
 };
-use super::feed::{Acquired, Feeds};
 use super::replication::{ReplicationError, ReplicationTarget, SlotName, StreamManager};
 use crate::config::ReplicationConfig;
 use crate::db::{TenantDbError, TenantDbs, TenantPool, catalog};

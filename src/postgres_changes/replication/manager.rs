@@ -248,9 +248,11 @@ impl StreamManager {
         if let Some(handle) = self.take_running(tenant, expected, true) {
             let me = self.clone();
             let tenant = tenant.clone();
-            self.inner.owner.spawn("replication stream retire", async move {
-                me.finish_stop(&tenant, handle, expected).await;
-            });
+            self.inner
+                .owner
+                .spawn("replication stream retire", async move {
+                    me.finish_stop(&tenant, handle, expected).await;
+                });
         }
     }
 
