@@ -42,5 +42,6 @@ pub(crate) mod ring;
 pub mod tasks;
 pub(crate) mod telemetry;
 pub mod tenants;
+pub(crate) mod tls;
 pub(crate) mod transport;
 pub mod types;

@@ -439,6 +439,30 @@ impl Nodes {
         Client::connect(self.addr(i), format!("{label}@{}", self.name(i))).await
     }
 
+    /// One client per node: client `i` joins `room` on node `i` with presence key `keys[i]` and
+    /// tracks `{"node": <name>}`; returns once every client sees all the keys (within `within`).
+    pub async fn tracked_clients(
+        &self,
+        room: &str,
+        keys: &[&str],
+        within: std::time::Duration,
+    ) -> Vec<Client> {
+        let mut clients: Vec<Client> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let mut c = self.client(i, key).await;
+            c.join(room, join_config(false, Some(key), serde_json::json!([])))
+                .await;
+            c.track(room, serde_json::json!({"node": self.name(i)}))
+                .await;
+            clients.push(c);
+        }
+        for c in &mut clients {
+            c.expect_until(within, "all the presences", |c| c.presence_is(room, keys))
+                .await;
+        }
+        clients
+    }
+
     /// `GET /api/cluster` of node `i` with the management token.
     ///
     /// # Errors

@@ -29,19 +29,7 @@ async fn a_killed_nodes_presences_leave_everywhere_and_broadcasts_go_on() {
     nodes.wait_converged(CONVERGE).await;
 
     let keys = ["user-1", "user-2", "user-3"];
-    let mut clients: Vec<Client> = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        let mut c = nodes.client(i, key).await;
-        c.join(ROOM, join_config(false, Some(key), json!([]))).await;
-        c.track(ROOM, json!({"node": nodes.name(i)})).await;
-        clients.push(c);
-    }
-    for c in &mut clients {
-        c.expect_until(CONVERGE, "all three presences", |c| {
-            c.presence_is(ROOM, &keys)
-        })
-        .await;
-    }
+    let mut clients = nodes.tracked_clients(ROOM, &keys, CONVERGE).await;
     let mut survivors: Vec<Client> = clients.drain(..2).collect();
 
     let killed = Instant::now();

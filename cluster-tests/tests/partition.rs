@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cluster_tests::netns::NetLab;
 use cluster_tests::proxy::EntryProxy;
-use cluster_tests::{Client, Nodes, join_config};
+use cluster_tests::{Nodes, join_config};
 use serde_json::json;
 
 const ROOM: &str = "partition-room";
@@ -39,19 +39,7 @@ async fn a_partition_heals_and_presence_converges_again() {
     nodes.wait_converged(CONVERGE).await;
 
     let keys = ["user-1", "user-2", "user-3"];
-    let mut clients: Vec<Client> = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        let mut c = nodes.client(i, key).await;
-        c.join(ROOM, join_config(false, Some(key), json!([]))).await;
-        c.track(ROOM, json!({"node": nodes.name(i)})).await;
-        clients.push(c);
-    }
-    for c in &mut clients {
-        c.expect_until(CONVERGE, "all three presences", |c| {
-            c.presence_is(ROOM, &keys)
-        })
-        .await;
-    }
+    let mut clients = nodes.tracked_clients(ROOM, &keys, CONVERGE).await;
 
     lab.partition(&[0, 1], &[2]).expect("partition");
     let cut = std::time::Instant::now();

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use cluster_tests::{Client, Nodes, join_config};
+use cluster_tests::{Nodes, join_config};
 use serde_json::json;
 
 const ROOM: &str = "restart-room";
@@ -15,19 +15,7 @@ async fn a_restarted_node_rejoins_without_its_old_presences() {
     nodes.wait_converged(CONVERGE).await;
 
     let keys = ["user-1", "old-2", "user-3"];
-    let mut clients: Vec<Client> = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        let mut c = nodes.client(i, key).await;
-        c.join(ROOM, join_config(false, Some(key), json!([]))).await;
-        c.track(ROOM, json!({"node": nodes.name(i)})).await;
-        clients.push(c);
-    }
-    for c in &mut clients {
-        c.expect_until(CONVERGE, "all three presences", |c| {
-            c.presence_is(ROOM, &keys)
-        })
-        .await;
-    }
+    let mut clients = nodes.tracked_clients(ROOM, &keys, CONVERGE).await;
     let old = nodes.cluster_info(1).await.expect("node-2's view");
     // Its socket stays open until the kill: old-2 must not leave by an untrack first.
     let on_killed = clients.remove(1);

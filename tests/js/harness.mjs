@@ -558,6 +558,25 @@ export class Server {
 // ---------------------------------------------------------------------------------------------
 // The environment a test file uses
 
+/** Leaves every channel of every client in `clients` and disconnects them; empties the set. */
+async function closeAll(clients) {
+  await Promise.all(
+    [...clients].map(async (c) => {
+      try {
+        await c.removeAllChannels();
+      } catch {
+        /* ignore */
+      }
+      try {
+        await Promise.race([c.disconnect(), sleep(1000)]);
+      } catch {
+        /* ignore */
+      }
+    }),
+  );
+  clients.clear();
+}
+
 /**
  * Starts Postgres and the server. `serverEnv` adds/overrides server environment variables.
  * Returns an object with helpers; call `stop()` in `after`.
@@ -656,21 +675,7 @@ export async function startEnv({ serverEnv = {} } = {}) {
     },
 
     async closeClients() {
-      await Promise.all(
-        [...clients].map(async (c) => {
-          try {
-            await c.removeAllChannels();
-          } catch {
-            /* ignore */
-          }
-          try {
-            await Promise.race([c.disconnect(), sleep(1000)]);
-          } catch {
-            /* ignore */
-          }
-        }),
-      );
-      clients.clear();
+      await closeAll(clients);
     },
 
     async stop() {
@@ -834,21 +839,7 @@ export async function startCluster(n, { serverEnv = {} } = {}) {
       return c;
     },
     async closeClients() {
-      await Promise.all(
-        [...clients].map(async (c) => {
-          try {
-            await c.removeAllChannels();
-          } catch {
-            /* ignore */
-          }
-          try {
-            await Promise.race([c.disconnect(), sleep(1000)]);
-          } catch {
-            /* ignore */
-          }
-        }),
-      );
-      clients.clear();
+      await closeAll(clients);
     },
     logTails: () => nodes.map((s, i) => `--- node-${i + 1}\n${s.logTail(80)}`).join('\n'),
     async stop() {
