@@ -50,7 +50,7 @@ use tokio_postgres::config::Host;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{self, ClientConfig};
-use super::stats::{self, Histogram, median, sample_process};
+use super::stats::{self, Histogram, median, sample_process, sample_processes};
 use super::wire::{self, Vsn};
 use super::{Opts, StepRow, cpu_delta, print_summary_line, ratio};
 
@@ -933,7 +933,7 @@ async fn measure(ctx: &mut StepCtx<'_>, slot: usize, rate: f64) -> Result<Row, S
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let calls0 = ctx.writer.rls_calls().await;
-    let srv0 = o.server_pid.and_then(|p| sample_process(Some(p)));
+    let srv0 = sample_processes(&o.server_pids);
     let gen0 = sample_process(None);
     let cores0 = stats::sample_cores();
     let t0 = Instant::now();
@@ -963,7 +963,7 @@ async fn measure(ctx: &mut StepCtx<'_>, slot: usize, rate: f64) -> Result<Row, S
         }
     }
     let wall = t0.elapsed().as_secs_f64();
-    let srv1 = o.server_pid.and_then(|p| sample_process(Some(p)));
+    let srv1 = sample_processes(&o.server_pids);
     let gen1 = sample_process(None);
     let busy = stats::core_busy_pct(&cores0, &stats::sample_cores());
     if ctx.count_rls {

@@ -12,11 +12,11 @@
 //!
 //! What the timers cover: latency is from just before a publish frame is queued in the generator
 //! to just after its delivery is decoded by a subscriber connection of the same process (one
-//! monotonic clock). Server CPU is utime + stime of `--server-pid` over the measured window plus
-//! the drain that follows it (warm-up excluded). On loopback much of the TCP work runs as softirq
-//! that no process is charged for, so each step also reports every core's busy share from
-//! `/proc/stat` (`cpu0%`, `cpu1%`) and deliveries per busy second of core 0, the servers' core
-//! under `scripts/bench`. Joins/s is the number of joined connections divided by the time from
+//! monotonic clock). Server CPU is utime + stime of `--server-pid` (summed over a cluster's
+//! pids) over the measured window plus the drain that follows it (warm-up excluded). On
+//! loopback much of the TCP work runs as softirq that no process is charged for, so each step
+//! also reports every core's busy share from `/proc/stat` (`cpu0%`, `cpu1%`) and deliveries per
+//! busy second of core 0, the servers' core under `scripts/bench`. Joins/s is the number of joined connections divided by the time from
 //! the first TCP connect to the last `phx_reply` ok.
 
 mod baseline;
@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use client::{ClientConfig, ConnRole, ConnectPace, Fleet, Phase, WARMUP_STEP};
-use stats::{ProcSample, median, sample_process};
+use stats::{ProcSample, median, sample_process, sample_processes};
 use wire::Vsn;
 
 const DEFAULT_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
@@ -66,7 +66,7 @@ targets:
   --url ws://127.0.0.1:4000/socket/websocket   real server (omit: baseline only)
   --spread-urls ws://..,ws://..                cluster nodes the real server's subscribers dial
                                                round-robin (publishers stay on --url)
-  --server-pid PID                             real server's pid for CPU and RSS
+  --server-pid PID[,PID..]                     real server's pids (a cluster's nodes) for CPU and RSS
   --baseline auto|none|ws://...                (auto) spawn this binary's baseline-server
   --baseline-pid PID  --baseline-port 4100  --baseline-cpus 0 (taskset list for auto)
   --tenant realtime-dev  --jwt-secret S  --vsn 2|1
@@ -92,7 +92,7 @@ struct Opts {
     server_mode: bool,
     scenario: String,
     url: Option<String>,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     baseline: BaselineMode,
     baseline_pid: Option<u32>,
     baseline_port: u16,
@@ -139,7 +139,7 @@ impl Default for Opts {
             server_mode: false,
             scenario: "a".into(),
             url: None,
-            server_pid: None,
+            server_pids: Vec::new(),
             baseline: BaselineMode::Auto,
             baseline_pid: None,
             baseline_port: 4100,
@@ -229,7 +229,7 @@ impl Opts {
             match key {
                 "--scenario" => o.scenario = value.to_owned(),
                 "--url" => o.url = Some(value.to_owned()),
-                "--server-pid" => o.server_pid = Some(parse_num(key, value)?),
+                "--server-pid" => o.server_pids = parse_list(key, value)?,
                 "--baseline" => {
                     o.baseline = match value {
                         "auto" => BaselineMode::Auto,
@@ -450,7 +450,8 @@ fn sign_jwt(secret: &str) -> Result<String, String> {
 struct Target {
     name: &'static str,
     url: String,
-    pid: Option<u32>,
+    /// Its processes (a cluster's nodes): CPU and RSS are their sums.
+    pids: Vec<u32>,
 }
 
 /// Kills the spawned baseline server when dropped.
@@ -619,7 +620,7 @@ async fn measure_step(
     rate: f64,
     publishers: usize,
     o: &Opts,
-    pid: Option<u32>,
+    pids: &[u32],
 ) -> StepRow {
     let rate_per_pub = rate / publishers.max(1) as f64;
     let phase = |step: u32| Phase {
@@ -633,7 +634,7 @@ async fn measure_step(
         let _ = fleet.phase.send(phase(WARMUP_STEP));
         tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
     }
-    let srv0 = pid.and_then(|p| sample_process(Some(p)));
+    let srv0 = sample_processes(pids);
     let gen0 = sample_process(None);
     let cores0 = stats::sample_cores();
     let t0 = Instant::now();
@@ -660,7 +661,7 @@ async fn measure_step(
             break;
         }
     }
-    let srv1 = pid.and_then(|p| sample_process(Some(p)));
+    let srv1 = sample_processes(pids);
     let gen1 = sample_process(None);
     let busy = stats::core_busy_pct(&cores0, &stats::sample_cores());
     let wall = t0.elapsed().as_secs_f64();
@@ -779,7 +780,8 @@ async fn run_steps(cfg: Arc<ClientConfig>, work: &Work, o: &Opts, target: &Targe
     for (k, &rate) in rates.iter().enumerate() {
         let mut reps = Vec::new();
         for r in 0..o.repeat {
-            let row = measure_step(&fleet, k * o.repeat + r, rate, publishers, o, target.pid).await;
+            let row =
+                measure_step(&fleet, k * o.repeat + r, rate, publishers, o, &target.pids).await;
             if o.repeat > 1 {
                 row.print(&format!("  (run {}/{})", r + 1, o.repeat));
             }
@@ -819,11 +821,11 @@ async fn run_idle(
     o: &Opts,
     target: &Target,
 ) -> Outcome {
-    let before = target.pid.and_then(|p| sample_process(Some(p)));
+    let before = sample_processes(&target.pids);
     let gen_before = sample_process(None);
     let fleet = open_and_report(cfg, sit_roles(conns, topics, "idle"), 0, o).await;
     tokio::time::sleep(Duration::from_secs_f64(o.settle)).await;
-    let after = target.pid.and_then(|p| sample_process(Some(p)));
+    let after = sample_processes(&target.pids);
     let gen_after = sample_process(None);
     let joined = fleet.shared.joined.load(Ordering::Relaxed).max(1) as f64;
     let per = |a: Option<ProcSample>, b: Option<ProcSample>| match (a, b) {
@@ -840,9 +842,9 @@ async fn run_idle(
         gen_rss_per_conn_kib,
     );
     if o.hold > 0.0 {
-        let cpu0 = target.pid.and_then(|p| sample_process(Some(p)));
+        let cpu0 = sample_processes(&target.pids);
         tokio::time::sleep(Duration::from_secs_f64(o.hold)).await;
-        let cpu1 = target.pid.and_then(|p| sample_process(Some(p)));
+        let cpu1 = sample_processes(&target.pids);
         println!(
             "  held {:.0} s: server CPU {:.2} s, dropped connections {}, heartbeat replies {}",
             o.hold,
@@ -1090,13 +1092,13 @@ async fn run(o: Opts) -> Result<(), String> {
             targets.push(Target {
                 name: "baseline",
                 url: format!("ws://127.0.0.1:{}/socket/websocket", o.baseline_port),
-                pid: Some(pid),
+                pids: vec![pid],
             });
         }
         BaselineMode::Url(url) => targets.push(Target {
             name: "baseline",
             url: url.clone(),
-            pid: o.baseline_pid,
+            pids: o.baseline_pid.into_iter().collect(),
         }),
         BaselineMode::Off => {}
     }
@@ -1104,7 +1106,7 @@ async fn run(o: Opts) -> Result<(), String> {
         targets.push(Target {
             name: "realtime",
             url: url.clone(),
-            pid: o.server_pid,
+            pids: o.server_pids.clone(),
         });
     }
     if targets.is_empty() {
@@ -1124,8 +1126,8 @@ async fn run(o: Opts) -> Result<(), String> {
     let mut outcomes = Vec::new();
     for target in &targets {
         println!(
-            "\n== {} ({}, pid {:?}) ==",
-            target.name, target.url, target.pid
+            "\n== {} ({}, pids {:?}) ==",
+            target.name, target.url, target.pids
         );
         let cfg = Arc::new(ClientConfig {
             url: target.url.clone(),

@@ -222,6 +222,21 @@ pub fn sample_process(pid: Option<u32>) -> Option<ProcSample> {
     })
 }
 
+/// The sum of [`sample_process`] over `pids` (a cluster's nodes); `None` when the list is
+/// empty or one of them cannot be read.
+pub fn sample_processes(pids: &[u32]) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(ProcSample::default(), |sum, pid| {
+        let one = sample_process(Some(*pid))?;
+        Some(ProcSample {
+            cpu_secs: sum.cpu_secs + one.cpu_secs,
+            rss_kib: sum.rss_kib + one.rss_kib,
+        })
+    })
+}
+
 // The bench target is compiled with `cfg(test)` but without a harness, so the `#[test]`
 // functions vanish there and their helpers look unused; `tests/loadgen.rs` runs them.
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! A node with the right cluster id and seeds but another cluster secret is refused: it never
-//! gets a bus link to the others, and no broadcast crosses between it and them.
+//! A node with the right cluster id and seeds but another cluster secret is refused: its gossip
+//! carries another keyed tag, so it never enters the others' membership (nor the ring), it never
+//! gets a bus link to them, and no broadcast crosses between it and them.
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +46,13 @@ async fn a_node_with_a_wrong_secret_is_refused() {
             let linked = info.linked_set();
             if i == bad {
                 assert!(linked.is_empty(), "the intruder is linked to {linked:?}");
+                assert_eq!(info.member_names().len(), 1, "the intruder sees others");
             } else {
+                assert!(
+                    !info.member_names().contains(nodes.name(bad)),
+                    "{} has the intruder as a member",
+                    nodes.name(i)
+                );
                 assert!(
                     !linked.contains(nodes.name(bad)),
                     "{} linked the intruder",

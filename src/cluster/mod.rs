@@ -55,6 +55,28 @@ pub(crate) const KEY_LEAVING: &str = "leaving";
 /// The value of [`KEY_LEAVING`] that announces a leave.
 pub(crate) const LEAVING_VALUE: &str = "1";
 
+/// The cluster id that chitchat puts in every gossip message and that a receiver must match:
+/// `CLUSTER_ID`, then a tag keyed by `CLUSTER_SECRET` (the first 8 bytes of
+/// HMAC-SHA256(secret, "realtime gossip v1" ‖ cluster id), hex). A process without the secret
+/// cannot produce the tag, so its gossip is ignored and it never enters the view or the ring.
+/// Gossip is plain UDP: someone who can read the traffic can copy the tag, but still cannot
+/// join the bus, which proves the secret itself.
+fn gossip_cluster_id(config: &ClusterConfig) -> String {
+    let Some(secret) = &config.secret else {
+        return config.cluster_id.clone();
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.expose().as_bytes());
+    let mut context = ring::hmac::Context::with_key(&key);
+    context.update(b"realtime gossip v1\0");
+    context.update(config.cluster_id.as_bytes());
+    let tag = context.sign();
+    let hex: String = tag.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{}/{hex}", config.cluster_id)
+}
+
 /// How long [`Membership::leave`] announces the leave at most.
 const LEAVE_ANNOUNCE_FOR: Duration = Duration::from_millis(500);
 /// Rounds of direct gossip to every live peer during a leave (one per gossip period).
@@ -209,7 +231,7 @@ impl Membership {
         let tuning = &config.gossip;
         let chitchat_config = ChitchatConfig {
             chitchat_id: ChitchatId::new(me.node.node.as_str(), me.node.incarnation, gossip_addr),
-            cluster_id: config.cluster_id.clone(),
+            cluster_id: gossip_cluster_id(config),
             gossip_interval: tuning.interval,
             listen_addr,
             // Addresses only: chitchat then starts no resolver of its own (our task re-resolves).

@@ -53,6 +53,16 @@ fn expected_member(name: &str, generation: u64, i: u16) -> Member {
 }
 
 fn config(name: &str, port: u16, seeds: &[u16], cluster_id: &str) -> ClusterConfig {
+    config_with_secret(name, port, seeds, cluster_id, "a-test-cluster-secret")
+}
+
+fn config_with_secret(
+    name: &str,
+    port: u16,
+    seeds: &[u16],
+    cluster_id: &str,
+    secret: &str,
+) -> ClusterConfig {
     let seeds = seeds
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))
@@ -63,7 +73,7 @@ fn config(name: &str, port: u16, seeds: &[u16], cluster_id: &str) -> ClusterConf
         ("NODE_NAME", name),
         ("CLUSTER_ID", cluster_id),
         ("CLUSTER_SEEDS", seeds.as_str()),
-        ("CLUSTER_SECRET", "a-test-cluster-secret"),
+        ("CLUSTER_SECRET", secret),
         ("GOSSIP_PORT", port.as_str()),
         ("BUS_PORT", "1"),
         ("ADVERTISE_ADDR", "127.0.0.1"),
@@ -267,12 +277,21 @@ async fn a_restarted_node_is_a_new_member_and_its_old_run_leaves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_of_another_cluster_never_appears() {
-    let ports = free_ports::<3>();
-    // a even lists the stranger as a seed, and the stranger is seeded with a.
-    let a = start("a", 1, 0, ports[0], &[ports[0], ports[2]], "test").await;
+async fn nodes_of_another_cluster_or_without_the_secret_never_appear() {
+    let ports = free_ports::<4>();
+    // a even lists the strangers as seeds, and the strangers are seeded with a.
+    let a = start("a", 1, 0, ports[0], &[ports[0], ports[2], ports[3]], "test").await;
     let b = start("b", 1, 1, ports[1], &[ports[0]], "test").await;
     let x = start("x", 1, 2, ports[2], &[ports[0]], "other").await;
+    // The same cluster id with another secret: its gossip carries another tag.
+    let y = Membership::start(
+        &config_with_secret("y", ports[3], &[ports[0]], "test", "another-cluster-secret"),
+        incarnation("y", 1),
+        addresses(3),
+        &Owner::new(),
+    )
+    .await
+    .expect("membership starts");
     wait_for("a and b converge", CONVERGE_BOUND, || {
         a.members().len() == 2 && b.members().len() == 2
     })
@@ -282,9 +301,11 @@ async fn a_node_of_another_cluster_never_appears() {
     assert_eq!(names(&a), ["a@1", "b@1"]);
     assert_eq!(names(&b), ["a@1", "b@1"]);
     assert_eq!(names(&x), ["x@1"]);
+    assert_eq!(names(&y), ["y@1"]);
     let known = known_node_names(&a).await;
     assert!(!known.contains(&"x".to_string()), "{known:?}");
-    for m in [a, b, x] {
+    assert!(!known.contains(&"y".to_string()), "{known:?}");
+    for m in [a, b, x, y] {
         m.shutdown().await;
     }
 }
@@ -320,7 +341,8 @@ async fn raw_node(name: &str, port: u16, seed: u16, kvs: &[(&str, &str)]) -> Chi
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config = ChitchatConfig {
         chitchat_id: ChitchatId::new(name, 1, addr),
-        cluster_id: "test".to_string(),
+        // What a Membership of cluster "test" with the tests' secret gossips under.
+        cluster_id: gossip_cluster_id(&config(name, port, &[seed], "test")),
         gossip_interval: tuning.interval,
         listen_addr: addr,
         seed_nodes: vec![format!("127.0.0.1:{seed}")],
