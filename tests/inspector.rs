@@ -61,8 +61,8 @@ async fn pages_and_assets_are_served_with_their_types_and_security_headers() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "{path}");
         let headers = r.headers().clone();
+        assert_eq!(r.status(), StatusCode::OK, "{path}: {headers:?}");
         assert_eq!(header(&headers, "content-type"), content_type, "{path}");
         assert_eq!(header(&headers, "cache-control"), "no-store", "{path}");
         assert_eq!(header(&headers, "x-content-type-options"), "nosniff");

@@ -45,7 +45,7 @@ function span(cls, text) {
 }
 
 /** Adds an entry at the top of the list `listId`: a tag, a line of text, and data as JSON. */
-function addItem(listId, { tag, cls = '', text = '', data }) {
+function addItem(listId, { tag, cls = '', text = '', data, compact = false }) {
   const list = $(listId);
   const li = document.createElement('li');
   li.className = cls;
@@ -53,7 +53,7 @@ function addItem(listId, { tag, cls = '', text = '', data }) {
   if (text) li.append(document.createTextNode(text));
   if (data !== undefined) {
     const pre = document.createElement('pre');
-    pre.textContent = pretty(data);
+    pre.textContent = compact ? JSON.stringify(data) : pretty(data);
     li.append(pre);
   }
   list.prepend(li);
@@ -505,7 +505,7 @@ function applyDiff({ joins = {}, leaves = {} }) {
     if (left.length) chan.presence.set(key, left);
     else chan.presence.delete(key);
   }
-  addItem('presence-diffs', { tag: 'diff', text: summary.join(' '), data: { joins, leaves } });
+  addItem('presence-diffs', { tag: 'diff', text: summary.join(' '), data: { joins, leaves }, compact: true });
 }
 
 function renderPresence() {

@@ -118,12 +118,13 @@ describe('Realtime Inspector in Chromium', { skip: browserSkip() }, () => {
     const change = await entry(page, 'changes', 'INSERT', 15_000);
     assert.ok(change.includes(`public.${table}`) && change.includes('hello from postgres'), change);
 
-    // realtime-js leaves: its presence leaves the page's table.
-    await other.untrack();
-    await row.waitFor({ state: 'detached', timeout: 10_000 });
-
     const shot = await browser.screenshot(page, 'inspector');
     process.stderr.write(`inspector test: screenshot ${shot}\n`);
+
+    // realtime-js untracks: its presence leaves the page's table.
+    assert.equal(await other.untrack(), 'ok');
+    await row.waitFor({ state: 'detached', timeout: 10_000 });
+    await entry(page, 'presence-diffs', '-alice');
 
     // The token is not on the page, and the server's log does not contain it.
     assert.ok(!(await page.textContent('body')).includes(token));
@@ -154,6 +155,16 @@ describe('Realtime Inspector in Chromium', { skip: browserSkip() }, () => {
     await subscribed(other);
     assert.equal(await other.send({ type: 'broadcast', event: 'over-v1', payload: { v: 1 } }), 'ok');
     assert.ok((await entry(page, 'broadcasts', 'over-v1')).includes('"v": 1'));
+
+    // The private toggle joins `config.private: true`: anon has no read policy on
+    // realtime.messages, so the join is refused and the page shows the reason.
+    await page.check('#private');
+    await page.fill('#channel', `${room}-private`);
+    await page.click('#join');
+    await page
+      .waitForSelector('body[data-channel="refused"]', { timeout: 10_000 })
+      .catch((e) => assert.fail(`the private join was not refused: ${e.message}\n${describePage(page)}`));
+    await entry(page, 'log', `refused: Unauthorized: You do not have permissions to read from this Channel topic: ${room}-private`);
 
     // A wrong token: the handshake is refused and the page says so.
     await page.click('#disconnect');
