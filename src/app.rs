@@ -397,6 +397,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     };
     let router = api::router(state)
         .merge(api::broadcast_routes(broadcast_api))
+        .merge(crate::inspector::router())
         .layer(axum::middleware::from_fn_with_state(
             config.http.max_header_length,
             api::limit_header_length,

@@ -16,7 +16,7 @@
 //!   [`tasks::Owner`]s).
 //! - `ring`: the consistent-hash ring over live members that names each tenant's stream owner
 //!   (pure; `RingOwnership` implements [`postgres_changes::replication::StreamOwnership`]).
-//! - L6 edges: `api` (axum: tenants API, health).
+//! - L6 edges: `api` (axum: tenants API, health), `inspector` (the Realtime Inspector page).
 //! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown.
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
@@ -33,6 +33,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub(crate) mod hub;
+pub(crate) mod inspector;
 pub(crate) mod limits;
 pub(crate) mod peers;
 pub(crate) mod phoenix;
