@@ -50,6 +50,8 @@ pub struct ApiState {
 pub trait ClusterStatus: Send + Sync + std::fmt::Debug {
     /// A JSON object: `node`, `incarnation`, `members`, `linked`, `streams`, ...
     fn status(&self) -> serde_json::Value;
+    /// Whether this node has joined its cluster (`GET /healthcheck/ready`).
+    fn joined(&self) -> bool;
 }
 
 /// Builds the router of this module, served at `/` and at [`PATH_PREFIX`].
