@@ -394,6 +394,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             peers: peers.clone(),
             membership: membership.clone(),
         }),
+        draining: draining.clone(),
     };
     let router = api::router(state)
         .merge(api::broadcast_routes(broadcast_api))

@@ -44,12 +44,16 @@ pub struct ApiState {
     pub body_limit: usize,
     /// What `GET /api/cluster` shows.
     pub cluster: Arc<dyn ClusterStatus>,
+    /// Set once shutdown has begun: `GET /healthcheck/ready` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The cluster as this node sees it, for `GET /api/cluster` (management token required).
 pub trait ClusterStatus: Send + Sync + std::fmt::Debug {
     /// A JSON object: `node`, `incarnation`, `members`, `linked`, `streams`, ...
     fn status(&self) -> serde_json::Value;
+    /// Whether this node has joined its cluster (`GET /healthcheck/ready`).
+    fn joined(&self) -> bool;
 }
 
 /// Builds the router of this module, served at `/` and at [`PATH_PREFIX`].
