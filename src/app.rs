@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::api::{self, ApiState};
+use crate::authorization::Authorization;
 use crate::broadcast::{Broadcaster, NoPeers, PeerFanout};
 use crate::bus::{Bus, BusConfig};
 use crate::channel::ChannelContext;
@@ -279,6 +280,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         tokens: tokens.clone(),
         draining: draining.clone(),
         changes: changes.clone(),
+        authorization: Authorization::new(tenant_dbs.clone(), owner.child()),
     });
     let transport = Arc::new(Transport {
         channels,
