@@ -192,6 +192,22 @@ describe('private channels', () => {
     assert.match((await track(denied).first(8000)).error.message, /^Unauthorized: /);
   });
 
+  it('a missing partition of realtime.messages is MissingPartition', async () => {
+    const topic = uid('room-');
+    grant(topic, [['alice', 'broadcast', 'read']]);
+    const part = `realtime.messages_${new Date().toISOString().slice(0, 10).replaceAll('-', '_')}`;
+    env.pg.sql(`drop table ${part}`);
+    try {
+      const ch = clientFor('alice').c.channel(topic, { config: { private: true } });
+      const first = await track(ch).first(8000);
+      assert.equal(first.status, 'CHANNEL_ERROR');
+      assert.equal(first.error.message, 'MissingPartition: Realtime was unable to find the expected messages partition');
+    } finally {
+      env.pg.sql(`select realtime.rs_ensure_messages_partitions((now() at time zone 'utc')::date, (now() at time zone 'utc')::date)`);
+    }
+    await subscribed(clientFor('alice').c.channel(topic, { config: { private: true } }));
+  });
+
   it('200 sockets joining private channels at once through a pool of 2 are all answered, correctly', async () => {
     const dbname = uid('pool2_');
     env.pg.sql(`create database ${dbname}`);
