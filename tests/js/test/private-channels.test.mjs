@@ -156,6 +156,26 @@ describe('private channels', () => {
     assert.deepEqual(Object.keys(eve.presenceState()), []);
   });
 
+  it('HTTP broadcasts to a private topic run the write check on every request', async () => {
+    const topic = uid('room-');
+    grant(topic, [
+      ['alice', 'broadcast', 'read'],
+      ['alice', 'broadcast', 'write'],
+      ['carol', 'broadcast', 'read'],
+    ]);
+    const listener = clientFor('alice').c.channel(topic, { config: { private: true } });
+    const got = collect(listener, 'broadcast', { event: '*' });
+    await subscribed(listener);
+    // httpSend() posts to /api/broadcast/:topic/events/:event?private=true with the user's JWT.
+    const alice = clientFor('alice').c.channel(topic, { config: { private: true } });
+    assert.deepEqual(await alice.httpSend('over-http', { n: 1 }), { success: true });
+    const carol = clientFor('carol').c.channel(topic, { config: { private: true } });
+    await assert.rejects(carol.httpSend('over-http', { n: 2 }), /Unauthorized/);
+    await got.waitFor((m) => m.payload.n === 1);
+    await sleep(QUIET_MS);
+    assert.deepEqual(got.items.map((m) => m.payload.n), [1]);
+  });
+
   it('a token refresh that removes read permission closes the channel; one that keeps it does not', async () => {
     const topic = uid('room-');
     grant(topic, [
