@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::api::{self, ApiState};
+use crate::authorization::Authorization;
 use crate::broadcast::{Broadcaster, NoPeers, PeerFanout};
 use crate::bus::{Bus, BusConfig};
 use crate::channel::ChannelContext;
@@ -270,6 +271,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     ));
     let draining = Arc::new(AtomicBool::new(false));
     let tokens = Arc::new(crate::auth::VerifiedTokens::new());
+    let authorization = Authorization::new(tenant_dbs.clone(), owner.child());
     let channels = Arc::new(ChannelContext {
         tenants: tenants.clone(),
         hub: hub.clone(),
@@ -280,6 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         tokens: tokens.clone(),
         draining: draining.clone(),
         changes: changes.clone(),
+        authorization: authorization.clone(),
     });
     let transport = Arc::new(Transport {
         channels,
@@ -306,6 +309,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         claim_validators: config.api.jwt_claim_validators.clone(),
         fallback_tenant: fallback_tenant.clone(),
         body_limit: config.http.max_body_bytes,
+        authorization,
     });
     // The WebSocket routes stay outside the HTTP middleware: every upgrade would otherwise pay
     // for it, and the handshake checks header lengths itself.

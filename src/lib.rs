@@ -25,6 +25,7 @@
 pub(crate) mod api;
 pub mod app;
 pub(crate) mod auth;
+pub(crate) mod authorization;
 pub(crate) mod broadcast;
 pub(crate) mod bus;
 pub(crate) mod channel;

@@ -104,6 +104,7 @@ mod tests {
                 slot: 1,
                 vsn: Vsn::V2,
                 outbox: o1,
+                reads: crate::hub::Reads::ALL,
             },
         );
         hub.subscribe(
@@ -113,6 +114,7 @@ mod tests {
                 slot: 1,
                 vsn: Vsn::V2,
                 outbox: o2,
+                reads: crate::hub::Reads::ALL,
             },
         );
         let msg = FanoutMessage::Json {

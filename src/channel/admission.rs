@@ -1,7 +1,7 @@
 //! The admission decision of a `phx_join` (PROTOCOL.md 3.2), pure: the tenant record, the join
 //! config, what the socket knows, the tenant's counters and the clock in; a decision out. No
-//! I/O and no waiting; the tenant lookup (and later the tenant database and RLS checks) happen
-//! around it in the join's preparation (`session.rs`).
+//! I/O and no waiting; the tenant lookup and, for a private channel, the read check of
+//! `authorization` happen around it in the join's preparation (`session.rs`).
 //!
 //! Order, first failure wins: topic, node draining, [tenant lookup], `suspend`, `private_only`,
 //! concurrent users (only while the socket is not counted), joins per second, channels per
@@ -59,11 +59,11 @@ pub(super) fn check_before_lookup(sub_topic: &str, draining: bool) -> Result<(),
     Ok(())
 }
 
-/// The steps after the tenant lookup, in protocol order. Counts nothing: the join was counted
-/// when it arrived, and the user is counted when the join completes.
+/// The steps after the tenant lookup, in protocol order, up to the private-channel check (which
+/// the caller runs next for a private channel). Counts nothing: the join was counted when it
+/// arrived, and the user is counted when the join completes.
 pub(super) fn decide(
     tenant: &Tenant,
-    sub_topic: &str,
     config: &JoinConfig,
     socket: SocketFacts<'_>,
     limiter: &TenantLimiter,
@@ -118,12 +118,9 @@ pub(super) fn decide(
             }
         }
     };
-    if config.private {
-        return Err(JoinError::Unauthorized {
-            sub_topic: sub_topic.to_string(),
-        });
-    }
-    if config.replay.is_some() {
+    // A private channel's read check needs the tenant database: it runs after this decision
+    // in the join's preparation (`authorization`). Replay is for private channels only.
+    if !config.private && config.replay.is_some() {
         return Err(JoinError::ReplayOnPublicChannel);
     }
     Ok(admitted)
@@ -179,7 +176,6 @@ mod tests {
         fn decide(&self) -> Result<Admitted, JoinError> {
             decide(
                 &self.tenant,
-                "room",
                 &self.config,
                 SocketFacts {
                     conn_token: CONN_TOKEN,
@@ -254,12 +250,8 @@ mod tests {
             JoinError::Token(TokenError::Expired { seconds_ago: 10 })
         );
         case.claims = claims(2_000);
-        assert_eq!(
-            case.decide().unwrap_err(),
-            JoinError::Unauthorized {
-                sub_topic: "room".into()
-            }
-        );
+        // A private join (replay included) passes: its read check follows the decision.
+        assert_eq!(case.decide().unwrap().token, CONN_TOKEN);
         case.config = JoinConfig::parse(r#"{"config":{"broadcast":{"replay":{"since":1}}}}"#);
         assert_eq!(case.decide().unwrap_err(), JoinError::ReplayOnPublicChannel);
     }

@@ -3,6 +3,7 @@
 //! the text the client sees and, for joins, whether the socket closes after the reply.
 
 use crate::auth::TokenError;
+use crate::authorization::AuthorizationError;
 use crate::close_code::CloseCode;
 use crate::error::{ErrorCode, OperationalError};
 use crate::limits::LimitExceeded;
@@ -41,12 +42,16 @@ pub enum JoinError {
     /// The channel JWT was refused.
     #[error("channel token refused")]
     Token(#[source] TokenError),
-    /// A private channel without read permission (RLS authorization is not built yet).
+    /// A private channel without read permission, or whose policies failed (PROTOCOL.md 8).
     #[error("no read permission on a private channel")]
     Unauthorized {
         /// The channel name without `realtime:`.
         sub_topic: String,
     },
+    /// The read check of a private channel could not run: the tenant database, its pool, a
+    /// missing partition, a timeout.
+    #[error("authorization check failed at join")]
+    Authorization(#[source] AuthorizationError),
     /// `config.broadcast.replay` on a public channel.
     #[error("replay requested on a public channel")]
     ReplayOnPublicChannel,
@@ -78,6 +83,7 @@ impl OperationalError for JoinError {
             JoinError::TooManyChannels { .. } => ErrorCode::ChannelRateLimitReached,
             JoinError::Token(err) => err.code(),
             JoinError::Unauthorized { .. } => ErrorCode::Unauthorized,
+            JoinError::Authorization(err) => err.code(),
             JoinError::ReplayOnPublicChannel => ErrorCode::UnableToReplayMessages,
         }
     }
@@ -96,7 +102,15 @@ impl OperationalError for JoinError {
             JoinError::Unauthorized { sub_topic } => {
                 format!("You do not have permissions to read from this Channel topic: {sub_topic}")
             }
+            JoinError::Authorization(err) => err.client_message(),
             JoinError::ReplayOnPublicChannel => "Replay is not allowed for public channels".into(),
+        }
+    }
+
+    fn client_reason(&self) -> String {
+        match self {
+            JoinError::Authorization(err) => err.client_reason(),
+            _ => format!("{}: {}", self.code(), self.client_message()),
         }
     }
 }
@@ -114,6 +128,15 @@ pub enum ShutdownReason {
     /// The channel's token expired, or a refreshed token was refused.
     #[error("channel token expired or refused")]
     Token(#[source] TokenError),
+    /// A token refresh took away a read permission of a private channel.
+    #[error("read permission revoked by a token refresh")]
+    ReadRevoked {
+        /// The channel name without `realtime:`.
+        sub_topic: String,
+    },
+    /// The read check after a token refresh could not run.
+    #[error("authorization check failed after a token refresh")]
+    Authorization(#[source] AuthorizationError),
 }
 
 impl OperationalError for ShutdownReason {
@@ -122,6 +145,8 @@ impl OperationalError for ShutdownReason {
             ShutdownReason::Limit(err) => err.code(),
             ShutdownReason::TrackTooLarge => ErrorCode::PayloadSizeExceeded,
             ShutdownReason::Token(err) => err.code(),
+            ShutdownReason::ReadRevoked { .. } => ErrorCode::Unauthorized,
+            ShutdownReason::Authorization(err) => err.code(),
         }
     }
 
@@ -130,6 +155,10 @@ impl OperationalError for ShutdownReason {
             ShutdownReason::Limit(err) => err.client_text().into(),
             ShutdownReason::TrackTooLarge => "Track message size exceeded".into(),
             ShutdownReason::Token(err) => err.client_message(),
+            ShutdownReason::ReadRevoked { sub_topic } => format!(
+                "You no longer have permission to read from this Channel topic: {sub_topic}"
+            ),
+            ShutdownReason::Authorization(err) => err.client_message(),
         }
     }
 }
@@ -225,6 +254,24 @@ mod tests {
                 "UnableToReplayMessages: Replay is not allowed for public channels",
                 None,
             ),
+            (
+                JoinError::Authorization(AuthorizationError::MissingPartition("t".into())),
+                "MissingPartition: Realtime was unable to find the expected messages partition",
+                None,
+            ),
+            (
+                JoinError::Authorization(AuthorizationError::Overloaded {
+                    tenant: "t".into(),
+                    why: crate::authorization::Overload::QueueFull,
+                }),
+                "IncreaseConnectionPool: Please increase your connection pool size",
+                None,
+            ),
+            (
+                JoinError::Authorization(AuthorizationError::Query("boom".into())),
+                "Realtime was unable to connect to the project database",
+                None,
+            ),
         ];
         for (error, reason, close) in cases {
             assert_eq!(error.client_reason(), reason, "{error:?}");
@@ -268,6 +315,18 @@ mod tests {
                 ShutdownReason::Token(TokenError::Malformed),
                 ErrorCode::MalformedJWT,
                 "The token provided is not a valid JWT",
+            ),
+            (
+                ShutdownReason::ReadRevoked {
+                    sub_topic: "room1".into(),
+                },
+                ErrorCode::Unauthorized,
+                "You no longer have permission to read from this Channel topic: room1",
+            ),
+            (
+                ShutdownReason::Authorization(AuthorizationError::Query("x".into())),
+                ErrorCode::UnableToSetPolicies,
+                "Realtime was unable to connect to the project database",
             ),
         ];
         for (reason, code, message) in cases {

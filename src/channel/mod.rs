@@ -17,4 +17,4 @@ mod error;
 pub(crate) mod join;
 mod session;
 
-pub use session::{AdmittedSocket, ChannelContext, Session, SessionControl};
+pub use session::{AdmittedSocket, ChannelContext, Session, SessionControl, x_headers_json};

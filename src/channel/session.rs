@@ -27,10 +27,13 @@ use super::delayed::DelayedReplies;
 use super::error::{JoinError, ShutdownReason};
 use super::join::{JoinConfig, join_reply_response};
 use crate::auth::{Claims, TenantKeys, TokenError, verify_client_token};
+use crate::authorization::{
+    Authorization, AuthorizationError, CheckOutcome, CheckRequest, Extension, Permissions, Subject,
+};
 use crate::broadcast::{Broadcaster, Origin};
 use crate::close_code::CloseCode;
 use crate::error::{ErrorCode, OperationalError};
-use crate::hub::{ChannelSlot, FanoutMessage, Frame, Hub, Outbox, RoomKey, Subscriber};
+use crate::hub::{ChannelSlot, FanoutMessage, Frame, Hub, Outbox, Reads, RoomKey, Subscriber};
 use crate::limits::{ConnectedUser, FixedWindow, LimitExceeded, Limits, TenantLimiter};
 use crate::phoenix::{self, Inbound, InboundPayload, Vsn};
 use crate::postgres_changes::service::{
@@ -71,6 +74,8 @@ pub struct ChannelContext {
     pub draining: Arc<AtomicBool>,
     /// Postgres Changes subscriptions and streams.
     pub changes: PostgresChanges,
+    /// Realtime Authorization: the RLS checks of private channels.
+    pub authorization: Authorization,
 }
 
 /// What the socket task should do after a session call.
@@ -103,6 +108,20 @@ pub struct AdmittedSocket {
     pub token: String,
     /// Its verified claims.
     pub claims: Claims,
+    /// The upgrade request's `x-*` headers as a JSON object: `request.headers` of the
+    /// authorization checks (PROTOCOL.md 8).
+    pub headers: Arc<str>,
+}
+
+/// Returns the `x-*` headers among `headers` as a JSON object (names lowercase; a repeated
+/// header keeps its last value).
+pub fn x_headers_json<'a>(headers: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let map: Map<String, Value> = headers
+        .into_iter()
+        .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
+        .map(|(name, value)| (name.to_ascii_lowercase(), Value::String(value.to_string())))
+        .collect();
+    Value::Object(map).to_string()
 }
 
 /// One joined channel.
@@ -122,6 +141,11 @@ struct Joined {
     presence_window: FixedWindow,
     /// The channel's Postgres Changes subscriptions (removed when the channel is dropped).
     changes: Option<Registration>,
+    /// What the channel may do: [`Permissions::PUBLIC`] on a public channel; on a private one,
+    /// the reads checked at join (or the last refresh) and the writes checked at first use.
+    permissions: Permissions,
+    /// Presence was enabled at join (config or tenant flag): its read is checked.
+    presence_enabled: bool,
 }
 
 fn unix_now() -> i64 {
@@ -152,6 +176,7 @@ struct PrepareInput {
     conn_claims: Arc<Claims>,
     joined_channels: usize,
     user_counted: bool,
+    headers: Arc<str>,
 }
 
 /// A join whose preparation is done: the request, the reloaded tenant record (when found) and
@@ -162,12 +187,42 @@ pub struct PreparedJoin {
     decision: Result<Admitted, JoinError>,
     /// The channel's Postgres Changes, prepared (when it asked for any and was admitted).
     changes: Option<Result<PreparedSubscription, SubscribeError>>,
+    /// The read permissions of a private channel ([`Permissions::PUBLIC`] otherwise).
+    permissions: Permissions,
 }
 
-type Preparation = Pin<Box<dyn Future<Output = PreparedJoin> + Send>>;
+/// A push of a private channel whose write permission was not known yet, with the check's
+/// answer: applied by [`Session::complete`], then the push is handled.
+struct CheckedPush {
+    slot: ChannelSlot,
+    write: Extension,
+    msg: Inbound,
+    outcome: Result<CheckOutcome, AuthorizationError>,
+}
 
-/// The join being prepared, and its topic (frames on it wait).
-struct PendingJoin {
+/// A verified refreshed token of a private channel, with its read check.
+struct RefreshedToken {
+    topic: String,
+    slot: ChannelSlot,
+    token: String,
+    claims: Claims,
+    outcome: Result<CheckOutcome, AuthorizationError>,
+}
+
+enum Step {
+    Join(PreparedJoin),
+    Push(CheckedPush),
+    Refresh(RefreshedToken),
+}
+
+/// A pending step whose waits are done: a join, or a permission check of a private channel
+/// (first broadcast or track, token refresh). Applied by [`Session::complete`].
+pub struct Prepared(Step);
+
+type Preparation = Pin<Box<dyn Future<Output = Step> + Send>>;
+
+/// The step being prepared, and its topic (frames on it wait).
+struct Pending {
     topic: String,
     preparation: Preparation,
 }
@@ -180,6 +235,22 @@ fn waits_behind(pending_topic: &str, held: &VecDeque<Inbound>, msg: &Inbound) ->
         || held.iter().any(|waiting| waiting.topic == msg.topic)
 }
 
+/// Whether a `presence` push is a `track` (its `event`, in any case).
+fn is_track(payload: &InboundPayload) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow, default)]
+        event: Option<std::borrow::Cow<'a, str>>,
+    }
+    match payload {
+        InboundPayload::Json(raw) => serde_json::from_str::<Shape<'_>>(raw.get())
+            .ok()
+            .and_then(|shape| shape.event)
+            .is_some_and(|event| event.eq_ignore_ascii_case("track")),
+        InboundPayload::UserBroadcast(_) => false,
+    }
+}
+
 /// Every wait of a join, then the admission decision (PROTOCOL.md 3.2 steps before the
 /// subscription). Owns its inputs, so the socket loop can poll it beside everything else.
 async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
@@ -188,6 +259,7 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
         tenant: None,
         decision: Err(err),
         changes: None,
+        permissions: Permissions::PUBLIC,
     };
     let draining = input.ctx.draining.load(Ordering::Relaxed);
     if let Err(err) = admission::check_before_lookup(&request.sub_topic, draining) {
@@ -204,7 +276,6 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
     };
     let decision = admission::decide(
         &tenant,
-        &request.sub_topic,
         &request.config,
         SocketFacts {
             conn_token: &input.conn_token,
@@ -219,6 +290,42 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
             instant: std::time::Instant::now(),
         },
     );
+    // A private channel's read check (PROTOCOL.md 8): broadcast, and presence when enabled.
+    let mut permissions = Permissions::PUBLIC;
+    let decision = match decision {
+        Ok(admitted) if request.config.private => {
+            let presence = request.config.presence_enabled || tenant.presence_enabled;
+            let check = CheckRequest {
+                subject: Subject::new(&admitted.claims, &request.sub_topic, &input.headers),
+                read: Permissions::reads_to_check(presence),
+                write: None,
+            };
+            let unauthorized = || JoinError::Unauthorized {
+                sub_topic: request.sub_topic.clone(),
+            };
+            match input.ctx.authorization.check(&tenant, check).await {
+                Ok(outcome) => {
+                    permissions = Permissions::from_reads(&outcome);
+                    if permissions.may_join() {
+                        Ok(admitted)
+                    } else {
+                        Err(unauthorized())
+                    }
+                }
+                Err(err) if err.is_refusal() => {
+                    tracing::info!(error_code = %err.code(), tenant = %tenant.external_id,
+                        topic = %request.topic, error = %err, "read policy check failed");
+                    Err(unauthorized())
+                }
+                Err(err) => {
+                    tracing::warn!(error_code = %err.code(), tenant = %tenant.external_id,
+                        topic = %request.topic, error = %err, "read check could not run at join");
+                    Err(JoinError::Authorization(err))
+                }
+            }
+        }
+        other => other,
+    };
     // The subscription's waits (tenant database, catalog, stream start) happen here too, so
     // the join reply is sent only once every change committed after it will be delivered.
     let changes = match &decision {
@@ -241,6 +348,7 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
         tenant: Some(tenant),
         decision,
         changes,
+        permissions,
     }
 }
 
@@ -256,6 +364,8 @@ pub struct Session {
     outbox: Outbox,
     conn_token: Arc<str>,
     conn_claims: Arc<Claims>,
+    /// The upgrade's `x-*` headers (JSON), for authorization checks.
+    headers: Arc<str>,
     channels: HashMap<String, Joined>,
     topics_by_slot: HashMap<ChannelSlot, String>,
     next_slot: ChannelSlot,
@@ -263,9 +373,9 @@ pub struct Session {
     fanout_pending: bool,
     /// When the events limit was last checked.
     events_checked_at: Option<std::time::Instant>,
-    /// The join being prepared, if it could not finish at once.
-    pending_join: Option<PendingJoin>,
-    /// Client frames waiting behind `pending_join`, in arrival order (empty when none is).
+    /// The step being prepared (a join, a permission check), if it could not finish at once.
+    pending: Option<Pending>,
+    /// Client frames waiting behind `pending`, in arrival order (empty when none is).
     held: VecDeque<Inbound>,
     /// Join refusals waiting out `CHANNEL_ERROR_BACKOFF_MS`.
     delayed: DelayedReplies,
@@ -284,12 +394,13 @@ impl Session {
             outbox: socket.outbox,
             conn_token: socket.token.into(),
             conn_claims: Arc::new(socket.claims),
+            headers: socket.headers,
             channels: HashMap::new(),
             topics_by_slot: HashMap::new(),
             next_slot: 1,
             fanout_pending: false,
             events_checked_at: None,
-            pending_join: None,
+            pending: None,
             held: VecDeque::new(),
             delayed: DelayedReplies::new(MAX_DELAYED_REPLIES),
         }
@@ -354,42 +465,42 @@ impl Session {
     }
 
     fn must_wait(&self, msg: &Inbound) -> bool {
-        self.pending_join
+        self.pending
             .as_ref()
             .is_some_and(|pending| waits_behind(&pending.topic, &self.held, msg))
     }
 
-    /// Returns false while [`MAX_HELD_FRAMES`] frames wait behind a pending join: the socket
-    /// should read no more frames until [`Session::complete_join`].
+    /// Returns false while [`MAX_HELD_FRAMES`] frames wait behind a pending step: the socket
+    /// should read no more frames until [`Session::complete`].
     pub fn reads_frames(&self) -> bool {
         self.held.len() < MAX_HELD_FRAMES
     }
 
-    /// Returns true while a join is being prepared.
-    pub fn has_pending_join(&self) -> bool {
-        self.pending_join.is_some()
+    /// Returns true while a step (a join, a permission check) is being prepared.
+    pub fn has_pending(&self) -> bool {
+        self.pending.is_some()
     }
 
-    /// Waits for the pending join's preparation (forever when there is none). Cancel-safe:
+    /// Waits for the pending step's preparation (forever when there is none). Cancel-safe:
     /// the preparation stays in the session until it finishes.
-    pub async fn prepared_join(&mut self) -> PreparedJoin {
-        match self.pending_join.as_mut() {
-            Some(pending) => pending.preparation.as_mut().await,
+    pub async fn prepared(&mut self) -> Prepared {
+        match self.pending.as_mut() {
+            Some(pending) => Prepared(pending.preparation.as_mut().await),
             None => std::future::pending().await,
         }
     }
 
-    /// Completes a prepared join, then handles the frames that waited behind it, in order,
-    /// until one of them starts another join that must wait.
-    pub fn complete_join(
-        &mut self,
-        prepared: PreparedJoin,
-        out: &mut Vec<Frame>,
-    ) -> SessionControl {
-        self.pending_join = None;
-        self.apply_join(prepared, out);
+    /// Completes a prepared step, then handles the frames that waited behind it, in order,
+    /// until one of them starts another step that must wait.
+    pub fn complete(&mut self, prepared: Prepared, out: &mut Vec<Frame>) -> SessionControl {
+        self.pending = None;
+        match prepared.0 {
+            Step::Join(join) => self.apply_join(join, out),
+            Step::Push(push) => self.apply_checked_push(push, out),
+            Step::Refresh(refresh) => self.apply_refresh(refresh, out),
+        }
         let mut control = SessionControl::Continue;
-        while control == SessionControl::Continue && self.pending_join.is_none() {
+        while control == SessionControl::Continue && self.pending.is_none() {
             let Some(msg) = self.held.pop_front() else {
                 break;
             };
@@ -465,6 +576,7 @@ impl Session {
             conn_claims: self.conn_claims.clone(),
             joined_channels: self.channels.len(),
             user_counted: self.user.is_some(),
+            headers: self.headers.clone(),
         };
         let topic = msg.topic.clone();
         let request = JoinRequest {
@@ -475,13 +587,148 @@ impl Session {
             config,
         };
         // Boxed: large and short-lived; the socket task's own state stays small.
-        let mut preparation: Preparation = Box::pin(prepare(input, request));
+        let mut preparation: Preparation = Box::pin(prepare(input, request).map(Step::Join));
         // A cached tenant needs no wait: finish in this turn, as the reply is ready now.
         match (&mut preparation).now_or_never() {
-            Some(prepared) => self.apply_join(prepared, out),
+            Some(Step::Join(prepared)) => self.apply_join(prepared, out),
+            Some(_) => unreachable!("a join's preparation ends in a join"),
             None => {
-                self.pending_join = Some(PendingJoin { topic, preparation });
+                self.pending = Some(Pending { topic, preparation });
             }
+        }
+    }
+
+    /// Starts a permission check of a private channel beside the loop; frames on `topic` wait
+    /// behind it. The caller made sure no other step is pending.
+    fn start_check(&mut self, topic: String, preparation: Preparation) {
+        debug_assert!(self.pending.is_none());
+        self.pending = Some(Pending { topic, preparation });
+    }
+
+    /// The check of a channel's first broadcast (`Extension::Broadcast`) or track
+    /// (`Extension::Presence`, with the presence read when it was not checked at join).
+    fn check_write(&mut self, msg: Inbound, write: Extension) {
+        let Some(channel) = self.channels.get(&msg.topic) else {
+            return;
+        };
+        let read = match write {
+            Extension::Presence if channel.permissions.presence_read.is_none() => {
+                vec![Extension::Presence]
+            }
+            _ => Vec::new(),
+        };
+        let request = CheckRequest {
+            subject: Subject::new(&channel.claims, &channel.room.sub_topic, &self.headers),
+            read,
+            write: Some(write),
+        };
+        let (ctx, tenant, slot) = (self.ctx.clone(), self.tenant.clone(), channel.slot);
+        let topic = msg.topic.clone();
+        self.start_check(
+            topic,
+            Box::pin(async move {
+                let outcome = ctx.authorization.check(&tenant, request).await;
+                Step::Push(CheckedPush {
+                    slot,
+                    write,
+                    msg,
+                    outcome,
+                })
+            }),
+        );
+    }
+
+    /// Applies a write check's answer to its channel (if it is still the same), then handles
+    /// the push that waited for it. A check that failed is not cached: the push is refused
+    /// (broadcast dropped, track answered `error`) and the next one checks again.
+    fn apply_checked_push(&mut self, push: CheckedPush, out: &mut Vec<Frame>) {
+        let CheckedPush {
+            slot,
+            write,
+            msg,
+            outcome,
+        } = push;
+        let Some(channel) = self.channels.get_mut(&msg.topic) else {
+            return;
+        };
+        if channel.slot != slot {
+            return;
+        }
+        match outcome {
+            Ok(outcome) => {
+                let reads_before = channel.permissions.reads();
+                channel.permissions.merge(&outcome, Some(write));
+                let reads = channel.permissions.reads();
+                if reads != reads_before {
+                    self.ctx
+                        .hub
+                        .set_reads(&channel.room, self.conn, channel.slot, reads);
+                }
+                self.channel_push(msg, out);
+            }
+            Err(err) => {
+                tracing::warn!(error_code = %err.code(), tenant = %self.tenant.external_id,
+                    topic = %msg.topic, extension = write.as_str(), error = %err,
+                    "write policy check failed; push refused");
+                if write == Extension::Presence {
+                    let join_ref = channel.join_ref.clone();
+                    self.reply(
+                        out,
+                        join_ref.as_deref(),
+                        msg.reference.as_deref(),
+                        &msg.topic,
+                        phoenix::STATUS_ERROR,
+                        phoenix::EMPTY_OBJECT,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Applies a refreshed token's read check: the channel closes when a granted read is now
+    /// refused (or the check could not run); otherwise it takes the token, the claims and the
+    /// new reads, and its writes are checked again at next use.
+    fn apply_refresh(&mut self, refresh: RefreshedToken, out: &mut Vec<Frame>) {
+        let RefreshedToken {
+            topic,
+            slot,
+            token,
+            claims,
+            outcome,
+        } = refresh;
+        let Some(channel) = self.channels.get(&topic) else {
+            return;
+        };
+        if channel.slot != slot {
+            return;
+        }
+        let next = match outcome {
+            Ok(outcome) => Permissions::from_reads(&outcome),
+            Err(err) if err.is_refusal() => {
+                tracing::info!(error_code = %err.code(), tenant = %self.tenant.external_id,
+                    topic = %topic, error = %err, "read policy check failed after a token refresh");
+                Permissions::from_reads(&CheckOutcome {
+                    broadcast_read: Some(false),
+                    presence_read: channel.permissions.presence_read.map(|_| false),
+                    write: None,
+                })
+            }
+            Err(err) => {
+                self.shutdown(&topic, &ShutdownReason::Authorization(err), out);
+                return;
+            }
+        };
+        if channel.permissions.loses_read(&next) || !next.may_join() {
+            let sub_topic = channel.room.sub_topic.to_string();
+            self.shutdown(&topic, &ShutdownReason::ReadRevoked { sub_topic }, out);
+            return;
+        }
+        self.apply_token(&topic, token, claims);
+        if let Some(channel) = self.channels.get_mut(&topic) {
+            channel.permissions = next;
+            self.ctx
+                .hub
+                .set_reads(&channel.room, self.conn, channel.slot, next.reads());
         }
     }
 
@@ -492,6 +739,7 @@ impl Session {
             tenant,
             decision,
             changes,
+            permissions,
         } = prepared;
         if let Some(tenant) = tenant {
             self.tenant = tenant;
@@ -508,7 +756,7 @@ impl Session {
             Ok(admitted)
         });
         match decision {
-            Ok(admitted) => self.subscribe(request, admitted, changes, out),
+            Ok(admitted) => self.subscribe(request, admitted, changes, permissions, out),
             Err(err) => self.refuse(&request, &err),
         }
     }
@@ -518,6 +766,7 @@ impl Session {
         request: JoinRequest,
         admitted: Admitted,
         changes: Option<Result<PreparedSubscription, SubscribeError>>,
+        permissions: Permissions,
         out: &mut Vec<Frame>,
     ) {
         let JoinRequest {
@@ -541,6 +790,11 @@ impl Session {
                 slot,
                 vsn: self.vsn,
                 outbox: self.outbox.clone(),
+                reads: if config.private {
+                    permissions.reads()
+                } else {
+                    Reads::ALL
+                },
             },
         );
         let expires_at = expiry_instant(admitted.claims.exp, unix_now());
@@ -609,9 +863,12 @@ impl Session {
                 presence_key: presence_key.into(),
                 presence_window: self.ctx.presence.client_window(&self.tenant.limits),
                 changes: registration,
+                permissions,
+                presence_enabled,
             },
         );
-        if presence_enabled {
+        // A private channel without presence read gets no presence state (PROTOCOL.md 5.2).
+        if presence_enabled && permissions.presence_read != Some(false) {
             self.push_presence_state(&topic, out);
         }
     }
@@ -712,6 +969,17 @@ impl Session {
 
     fn channel_push(&mut self, msg: Inbound, out: &mut Vec<Frame>) {
         let now = std::time::Instant::now();
+        // A private channel's first broadcast or track waits for its write check, beside the
+        // loop (behind any other pending step).
+        let write = self.unchecked_write(&msg);
+        if self.pending.is_some() && (write.is_some() || self.refreshes_private(&msg)) {
+            self.held.push_back(msg);
+            return;
+        }
+        if let Some(write) = write {
+            self.check_write(msg, write);
+            return;
+        }
         match msg.event.as_str() {
             phoenix::EVENT_BROADCAST => self.broadcast_push(msg, out, now),
             phoenix::EVENT_ACCESS_TOKEN => {
@@ -734,8 +1002,43 @@ impl Session {
         }
     }
 
+    /// The write a push needs checked first: a private channel's broadcast or track whose
+    /// write permission was not evaluated yet.
+    fn unchecked_write(&self, msg: &Inbound) -> Option<Extension> {
+        let channel = self.channels.get(&msg.topic)?;
+        if !channel.room.private {
+            return None;
+        }
+        match msg.event.as_str() {
+            phoenix::EVENT_BROADCAST if channel.permissions.broadcast_write.is_none() => {
+                Some(Extension::Broadcast)
+            }
+            phoenix::EVENT_PRESENCE
+                if channel.permissions.presence_write.is_none() && is_track(&msg.payload) =>
+            {
+                Some(Extension::Presence)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `msg` is a token refresh of a private channel (it runs a read check).
+    fn refreshes_private(&self, msg: &Inbound) -> bool {
+        msg.event == phoenix::EVENT_ACCESS_TOKEN
+            && self
+                .channels
+                .get(&msg.topic)
+                .is_some_and(|c| c.room.private)
+    }
+
     fn broadcast_push(&mut self, msg: Inbound, out: &mut Vec<Frame>, now: std::time::Instant) {
         let channel = &self.channels[&msg.topic];
+        if channel.permissions.broadcast_write == Some(false) {
+            // No write permission: dropped without a reply, ack or not (PROTOCOL.md 4.4).
+            tracing::debug!(error_code = %ErrorCode::Unauthorized, tenant = %self.tenant.external_id,
+                topic = %msg.topic, "broadcast without write permission dropped");
+            return;
+        }
         let message = match msg.payload {
             InboundPayload::UserBroadcast(mut user) => {
                 // Client metadata is decoded but not forwarded, as in the original.
@@ -845,7 +1148,19 @@ impl Session {
             channel.presence_key.clone(),
             channel.slot,
         );
+        let presence_write = channel.permissions.presence_write;
         match event.as_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("track") if presence_write == Some(false) => {
+                // No presence write permission on a private channel (PROTOCOL.md 5.1).
+                self.reply(
+                    out,
+                    join_ref.as_deref(),
+                    reference,
+                    topic,
+                    phoenix::STATUS_ERROR,
+                    phoenix::EMPTY_OBJECT,
+                );
+            }
             Some("track") => {
                 let meta = match payload.get("payload") {
                     None => Map::new(),
@@ -914,19 +1229,53 @@ impl Session {
         if token.starts_with("sb_") || token == channel.token {
             return;
         }
-        match self.verify(&token) {
-            Ok(claims) => {
-                let expires_at = expiry_instant(claims.exp, unix_now());
-                if let Some(channel) = self.channels.get_mut(topic) {
-                    if let Some(changes) = &channel.changes {
-                        changes.refresh(&claims.role, &claims.all);
-                    }
-                    channel.token = token;
-                    channel.claims = claims;
-                    channel.expires_at = expires_at;
-                }
+        let claims = match self.verify(&token) {
+            Ok(claims) => claims,
+            Err(err) => {
+                self.shutdown(topic, &ShutdownReason::Token(err), out);
+                return;
             }
-            Err(err) => self.shutdown(topic, &ShutdownReason::Token(err), out),
+        };
+        if !channel.room.private {
+            self.apply_token(topic, token, claims);
+            return;
+        }
+        // A private channel checks its reads again with the new claims, beside the loop.
+        let read = Permissions::reads_to_check(
+            channel.presence_enabled || channel.permissions.presence_read.is_some(),
+        );
+        let request = CheckRequest {
+            subject: Subject::new(&claims, &channel.room.sub_topic, &self.headers),
+            read,
+            write: None,
+        };
+        let (ctx, tenant, slot) = (self.ctx.clone(), self.tenant.clone(), channel.slot);
+        let topic = topic.to_string();
+        self.start_check(
+            topic.clone(),
+            Box::pin(async move {
+                let outcome = ctx.authorization.check(&tenant, request).await;
+                Step::Refresh(RefreshedToken {
+                    topic,
+                    slot,
+                    token,
+                    claims,
+                    outcome,
+                })
+            }),
+        );
+    }
+
+    /// Gives a channel its refreshed token: claims, expiry, Postgres Changes claims.
+    fn apply_token(&mut self, topic: &str, token: String, claims: Claims) {
+        let expires_at = expiry_instant(claims.exp, unix_now());
+        if let Some(channel) = self.channels.get_mut(topic) {
+            if let Some(changes) = &channel.changes {
+                changes.refresh(&claims.role, &claims.all);
+            }
+            channel.token = token;
+            channel.claims = claims;
+            channel.expires_at = expires_at;
         }
     }
 
@@ -1088,6 +1437,37 @@ mod tests {
                 serde_json::value::RawValue::from_string("{}".into()).unwrap(),
             ),
         }
+    }
+
+    #[test]
+    fn only_x_headers_reach_the_authorization_context() {
+        let json = x_headers_json([
+            ("X-Client-Info", "supabase-js/2"),
+            ("host", "t.localhost"),
+            ("x-", "too short"),
+            ("authorization", "Bearer secret"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        let parsed: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"x-client-info": "supabase-js/2", "x-forwarded-for": "10.0.0.1"})
+        );
+    }
+
+    #[test]
+    fn a_track_is_recognised_in_any_case() {
+        let payload = |text: &str| {
+            InboundPayload::Json(serde_json::value::RawValue::from_string(text.into()).unwrap())
+        };
+        assert!(is_track(&payload(
+            r#"{"type":"presence","event":"TRACK","payload":{}}"#
+        )));
+        assert!(is_track(&payload(r#"{"event":"track"}"#)));
+        assert!(!is_track(&payload(r#"{"event":"untrack"}"#)));
+        assert!(!is_track(&payload(r#"{"event":1}"#)));
+        assert!(!is_track(&payload(r#"{}"#)));
+        assert!(!is_track(&payload(r#"[]"#)));
     }
 
     #[test]

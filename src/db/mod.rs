@@ -26,7 +26,8 @@ use crate::error::{ErrorCode, OperationalError};
 pub use migrations::{MIGRATIONS, MIGRATIONS_TABLE};
 pub use tenant::{APPLICATION_NAME, TenantClient, TenantDbError, TenantDbs, TenantPool};
 pub use tenant_migrations::{
-    TENANT_MIGRATIONS, TENANT_MIGRATIONS_TABLE, TenantMigration, run_tenant_migrations,
+    OUR_FUNCTION, TENANT_MIGRATIONS, TENANT_MIGRATIONS_TABLE, TenantMigration,
+    run_tenant_migrations,
 };
 
 /// A metadata connection checked out of the pool; returned to the pool on drop.

@@ -40,6 +40,39 @@ pub struct Subscriber {
     pub vsn: Vsn,
     /// The connection's queue.
     pub outbox: Outbox,
+    /// What fan-out the channel may receive ([`Reads::ALL`] for a public channel).
+    pub reads: Reads,
+}
+
+/// What a subscriber may receive of its room's fan-out: a private channel without broadcast
+/// read gets no broadcasts, one without presence read no `presence_diff` (PROTOCOL.md 8). A
+/// bit test per subscriber in the fan-out loop; public channels have [`Reads::ALL`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reads(u8);
+
+impl Reads {
+    /// Nothing.
+    pub const NONE: Reads = Reads(0);
+    /// Broadcasts (and other `FanoutKind::Broadcast` messages).
+    pub const BROADCAST: Reads = Reads(1);
+    /// Presence diffs.
+    pub const PRESENCE: Reads = Reads(2);
+    /// Everything (public channels).
+    pub const ALL: Reads = Reads(3);
+
+    /// Both sets.
+    pub const fn with(self, other: Reads) -> Reads {
+        Reads(self.0 | other.0)
+    }
+
+    /// Whether a message of `kind` may be delivered.
+    pub const fn allows(self, kind: FanoutKind) -> bool {
+        match kind {
+            FanoutKind::Broadcast => self.0 & Reads::BROADCAST.0 != 0,
+            FanoutKind::Presence => self.0 & Reads::PRESENCE.0 != 0,
+            FanoutKind::PostgresChanges => true,
+        }
+    }
 }
 
 /// The event name of a fan-out message: a constant of this server, or text that came off the
@@ -383,6 +416,26 @@ impl Hub {
         true
     }
 
+    /// Changes what channel `(conn, slot)` of room `key` may receive (a permission established
+    /// or recomputed after the join). Returns false when the channel is not in the room.
+    pub fn set_reads(&self, key: &RoomKey, conn: ConnId, slot: ChannelSlot, reads: Reads) -> bool {
+        let Some(room) = self.read_rooms().get(key).cloned() else {
+            return false;
+        };
+        let mut members = room.members_mut();
+        match members
+            .subscribers
+            .iter_mut()
+            .find(|s| s.conn == conn && s.slot == slot)
+        {
+            Some(sub) => {
+                sub.reads = reads;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Returns true when a publish to `key` now would reach channel `(conn, slot)`.
     #[cfg(test)]
     fn reaches(&self, key: &RoomKey, conn: ConnId, slot: ChannelSlot) -> bool {
@@ -422,7 +475,7 @@ impl Hub {
         let kind = message.kind();
         let members = room.members();
         for sub in &members.subscribers {
-            if exclude == Some((sub.conn, sub.slot)) {
+            if exclude == Some((sub.conn, sub.slot)) || !sub.reads.allows(kind) {
                 continue;
             }
             let cached = match sub.vsn {
@@ -525,6 +578,7 @@ mod tests {
                 slot,
                 vsn,
                 outbox,
+                reads: Reads::ALL,
             },
         );
         (conn, rx)
@@ -617,6 +671,53 @@ mod tests {
         assert!(frame(&mut old).is_none());
     }
 
+    /// A presence-only member gets no broadcasts, a broadcast-only member no presence diffs,
+    /// and a permission established later (`set_reads`) takes effect at once.
+    #[test]
+    fn per_subscriber_reads_filter_the_fan_out() {
+        let hub = Hub::default();
+        let join_with = |reads| {
+            let (outbox, rx, _) = outbox(8);
+            let conn = ConnId::next();
+            hub.subscribe(
+                key(true),
+                Subscriber {
+                    conn,
+                    slot: 1,
+                    vsn: Vsn::V2,
+                    outbox,
+                    reads,
+                },
+            );
+            (conn, rx)
+        };
+        let (_, mut both) = join_with(Reads::ALL);
+        let (_, mut presence_only) = join_with(Reads::PRESENCE);
+        let (late, mut broadcast_only) = join_with(Reads::BROADCAST);
+        let diff = FanoutMessage::Json {
+            kind: FanoutKind::Presence,
+            event: "presence_diff".into(),
+            payload: r#"{"joins":{},"leaves":{}}"#.into(),
+        };
+        let note = user(PayloadEncoding::Json, b"{}");
+        assert_eq!(hub.publish(&key(true), &note, None), 2);
+        assert!(frame(&mut both).is_some());
+        assert!(frame(&mut presence_only).is_none());
+        assert!(frame(&mut broadcast_only).is_some());
+        assert_eq!(hub.publish(&key(true), &diff, None), 2);
+        assert!(frame(&mut both).is_some());
+        assert!(frame(&mut presence_only).is_some());
+        assert!(frame(&mut broadcast_only).is_none());
+        assert!(hub.set_reads(&key(true), late, 1, Reads::ALL));
+        assert!(
+            !hub.set_reads(&key(true), late, 2, Reads::ALL),
+            "no such channel"
+        );
+        assert_eq!(hub.publish(&key(true), &diff, None), 3);
+        assert!(frame(&mut broadcast_only).is_some());
+        assert!(Reads::NONE.allows(FanoutKind::PostgresChanges));
+    }
+
     #[test]
     fn public_and_private_rooms_are_apart_and_empty_rooms_vanish() {
         let hub = Hub::default();
@@ -655,6 +756,7 @@ mod tests {
             slot: 1,
             vsn: Vsn::V2,
             outbox: outbox(4).0,
+            reads: Reads::ALL,
         };
         let (a, b) = (ConnId::next(), ConnId::next());
         assert!(
@@ -731,6 +833,7 @@ mod tests {
                                     slot: 1,
                                     vsn: Vsn::V1,
                                     outbox,
+                                    reads: Reads::ALL,
                                 },
                             );
                             if !hub.reaches(&room, conn, 1) {

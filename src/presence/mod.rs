@@ -529,6 +529,7 @@ mod tests {
                 slot: 1,
                 vsn: Vsn::V2,
                 outbox,
+                reads: crate::hub::Reads::ALL,
             },
         );
         (conn, rx)

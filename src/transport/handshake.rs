@@ -68,6 +68,13 @@ pub(super) async fn upgrade(
             return refusal.into_response();
         }
     };
+    // The `request.headers` of private channels' authorization checks (PROTOCOL.md 8).
+    let x_headers: Arc<str> = crate::channel::x_headers_json(
+        headers
+            .iter()
+            .filter_map(|(name, value)| value.to_str().ok().map(|v| (name.as_str(), v))),
+    )
+    .into();
     let config = &transport.config;
     let max = config.max_frame_bytes;
     // Small starting buffers keep idle sockets light; tungstenite requires the write buffer cap
@@ -81,13 +88,18 @@ pub(super) async fn upgrade(
             // axum runs this in a task of its own; the transport's owner counts it, so the
             // node's shutdown waits for the close frame.
             let owner = transport.owner.clone();
-            owner.track(run_admitted(transport, admitted, socket))
+            owner.track(run_admitted(transport, admitted, x_headers, socket))
         })
 }
 
 /// Runs an upgraded socket: registers it with its tenant, then serves it until it closes. The
 /// socket's place (`MAX_CONNECTIONS`) and its registration are released when this ends.
-async fn run_admitted(transport: Arc<Transport>, admitted: Admitted, socket: WebSocket) {
+async fn run_admitted(
+    transport: Arc<Transport>,
+    admitted: Admitted,
+    headers: Arc<str>,
+    socket: WebSocket,
+) {
     let Admitted {
         tenant,
         token,
@@ -113,6 +125,7 @@ async fn run_admitted(transport: Arc<Transport>, admitted: Admitted, socket: Web
             outbox,
             token,
             claims,
+            headers,
         },
     );
     run_socket(SocketParams {

@@ -115,9 +115,9 @@ pub(super) async fn run_socket(params: SocketParams) {
                 session.after_fanout_batch(&mut out);
                 control
             }
-            prepared = session.prepared_join(), if session.has_pending_join() => {
+            prepared = session.prepared(), if session.has_pending() => {
                 rearm = true;
-                session.complete_join(prepared, &mut out)
+                session.complete(prepared, &mut out)
             }
             frame = stream.next(), if session.reads_frames() => {
                 last_inbound = Instant::now();
