@@ -17,6 +17,8 @@
 //! - `ring`: the consistent-hash ring over live members that names each tenant's stream owner
 //!   (pure; `RingOwnership` implements [`postgres_changes::replication::StreamOwnership`]).
 //! - L6 edges: `api` (axum: tenants API, health).
+//! - [`janitor`]: on a schedule, makes the upcoming day partitions of each owned tenant's
+//!   `realtime.messages` and drops the expired ones, in bounded chunks of owned tasks.
 //! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown.
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
@@ -34,6 +36,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub(crate) mod hub;
+pub mod janitor;
 pub(crate) mod limits;
 pub(crate) mod peers;
 pub(crate) mod phoenix;
