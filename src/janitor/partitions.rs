@@ -81,7 +81,7 @@ pub fn retention_cutoff(now: NaiveDateTime) -> NaiveDate {
 }
 
 /// The partitions among `names` to drop at `now`: day partitions dated before the cutoff.
-pub fn expired<'a>(names: &'a [String], now: NaiveDateTime) -> Vec<&'a str> {
+pub fn expired(names: &[String], now: NaiveDateTime) -> Vec<&str> {
     let cutoff = retention_cutoff(now);
     names
         .iter()
