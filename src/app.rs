@@ -1,8 +1,8 @@
 //! Wiring: builds every subsystem from `Config`, starts them in order and owns shutdown.
 //!
 //! Start-up order: configuration → logging → JWT self-test → metadata DB pool and migrations →
-//! tenant registry → self-host seed → tenant database pools (opened on first use) → HTTP
-//! listener. Any failure before the listener runs ends
+//! tenant registry → self-host seed → tenant database pools (opened on first use) → background
+//! tasks (the janitor with `RUN_JANITOR`) → HTTP listener. Any failure before the listener runs ends
 //! the process with a clear message and a non-zero exit code.
 
 use std::net::SocketAddr;
@@ -25,10 +25,12 @@ use crate::cluster::{Membership, NodeAddresses};
 use crate::config::Config;
 use crate::db::{Db, TenantDbs};
 use crate::hub::Hub;
+use crate::janitor::Janitor;
 use crate::limits::{Limits, LimitsConfig};
 use crate::peers::changes::ChangeRouter;
 use crate::peers::links::PeerLinks;
 use crate::peers::{ClusterStatusView, Peers, PeersParts};
+use crate::postgres_changes::replication::StreamOwnership;
 use crate::postgres_changes::service::PostgresChanges;
 use crate::presence::{NoReplication, Presence, PresenceReplication};
 use crate::ring::{DEFAULT_VNODES_PER_NODE, Ring, RingOwnership};
@@ -105,7 +107,7 @@ pub struct RunningApp {
     cluster: Owner,
     /// The node's root owner; every subsystem's owner is a child of it.
     owner: Owner,
-    /// Background tasks (tenant-change listener, limit sweeper).
+    /// Background tasks (tenant-change listener, limit sweeper, the janitor).
     background: Owner,
     /// The HTTP server task.
     server: Owner,
@@ -301,6 +303,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         disconnect_on_tenant_changes(tenants.clone(), hub.clone()),
     );
     background.spawn("idle limit sweeper", sweep_idle_limits(limits.clone()));
+    if config.janitor.enabled {
+        // One node per tenant cleans it: the one the ring names.
+        let ring = ring.clone();
+        Janitor::new(
+            tenants.clone(),
+            tenant_dbs.clone(),
+            config.janitor.clone(),
+            move |tenant| ring.owns(tenant),
+        )
+        .start(&background);
+    }
     let broadcast_api = Arc::new(api::BroadcastApi {
         tokens: tokens.clone(),
         tenants: tenants.clone(),

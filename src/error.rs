@@ -98,6 +98,8 @@ error_codes! {
     ReplicationSlotBeingUsed,
     ReplicationSlotLagExceeded,
     InvalidPeerMessage,
+    // The janitor (issue 10): a tenant's partitions could not be created or dropped.
+    JanitorFailedToDeleteOldMessages,
 }
 
 impl fmt::Display for ErrorCode {

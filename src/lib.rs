@@ -17,6 +17,8 @@
 //! - `ring`: the consistent-hash ring over live members that names each tenant's stream owner
 //!   (pure; `RingOwnership` implements [`postgres_changes::replication::StreamOwnership`]).
 //! - L6 edges: `api` (axum: tenants API, health), `inspector` (the Realtime Inspector page).
+//! - [`janitor`]: on a schedule, makes the upcoming day partitions of each owned tenant's
+//!   `realtime.messages` and drops the expired ones, in bounded chunks of owned tasks.
 //! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown; [`probe`] is
 //!   the `realtime healthcheck` subcommand (a client of the node's own `/healthcheck`).
 //!
@@ -36,6 +38,7 @@ pub mod db;
 pub mod error;
 pub(crate) mod hub;
 pub(crate) mod inspector;
+pub mod janitor;
 pub(crate) mod limits;
 pub(crate) mod peers;
 pub(crate) mod phoenix;
