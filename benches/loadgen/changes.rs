@@ -1056,6 +1056,7 @@ fn conn_config(o: &Opts, url: &str, token: String) -> Arc<ClientConfig> {
         source_ips: Vec::new(),
         heartbeat: Duration::from_secs_f64(o.heartbeat),
         spread_urls: Vec::new(),
+        private: false,
     })
 }
 
