@@ -384,6 +384,8 @@ mod tests {
         use crate::db_broadcast::TenantInterest;
         assert_eq!(links.tenants(), vec![TenantId::new("t")]);
         links.apply_interest("b", false, vec![], vec![room("3")]);
+        assert_eq!(links.tenants().len(), 1, "c still wants room 1");
+        links.apply_interest("c", true, vec![], vec![]);
         assert!(links.tenants().is_empty(), "no room left: no tenant");
     }
 
