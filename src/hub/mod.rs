@@ -665,6 +665,51 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_id_is_not_delivered_again_to_that_channel() {
+        let hub = Hub::default();
+        let (_, mut plain) = join(&hub, key(true), Vsn::V2, 1);
+        let (outbox, mut replayer, _) = outbox(8);
+        hub.subscribe(
+            key(true),
+            Subscriber {
+                conn: ConnId::next(),
+                slot: 1,
+                vsn: Vsn::V2,
+                outbox,
+                reads: Reads::ALL,
+                replayed: Some(Arc::new(["a".to_string()].into_iter().collect())),
+            },
+        );
+        let db = |id: &'static str| {
+            FanoutMessage::User(UserBroadcast {
+                event: "note".into(),
+                encoding: PayloadEncoding::Json,
+                payload: Bytes::from_static(b"{}"),
+                metadata: Some(Bytes::from(format!("{{\"id\":\"{id}\"}}"))),
+            })
+        };
+        assert_eq!(db("a").db_id().as_deref(), Some("a"));
+        assert_eq!(
+            hub.publish(&key(true), &db("a"), None),
+            1,
+            "suppressed for the replayer"
+        );
+        assert!(frame(&mut plain).is_some());
+        assert!(replayer.try_recv().is_err());
+        assert_eq!(
+            hub.publish(&key(true), &db("b"), None),
+            2,
+            "another id reaches both"
+        );
+        assert!(frame(&mut replayer).is_some());
+        assert_eq!(
+            hub.publish(&key(true), &user(PayloadEncoding::Json, b"{}"), None),
+            2,
+            "no metadata: nothing to suppress"
+        );
+    }
+
+    #[test]
     fn each_format_gets_its_encoding_and_bytes_are_shared() {
         let hub = Hub::default();
         let (_, mut a) = join(&hub, key(false), Vsn::V2, 1);
