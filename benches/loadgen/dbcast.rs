@@ -111,6 +111,13 @@ async fn drain(count: impl Fn() -> u64, target: u64, max: Duration) -> (u64, Ins
     (last, last_at)
 }
 
+fn pg_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 fn http_base(url: &str) -> Result<String, String> {
     let rest = url
         .strip_prefix("ws://")
@@ -187,13 +194,21 @@ pub async fn run(o: &Opts) -> Result<(), String> {
     let warm = Instant::now();
     loop {
         let before = counters.binary.load(Ordering::Relaxed);
-        client
+        // Until the tenant migrations ran (the owner's stream set-up opens the tenant pool),
+        // realtime.messages may not exist yet.
+        if let Err(e) = client
             .execute(
                 insert,
                 &[&0i64, &(topics as i64 - 1), &(topics as i64), &pad],
             )
             .await
-            .map_err(|e| format!("warm-up insert: {e}"))?;
+        {
+            if warm.elapsed() > Duration::from_secs(60) {
+                return Err(format!("warm-up insert: {}", pg_error(&e)));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
         let (got, _) = drain(
             || counters.binary.load(Ordering::Relaxed) - before,
             subs,
@@ -228,7 +243,7 @@ pub async fn run(o: &Opts) -> Result<(), String> {
                 ],
             )
             .await
-            .map_err(|e| format!("insert: {e}"))?;
+            .map_err(|e| format!("insert: {}", pg_error(&e)))?;
         written += n;
     }
     let wrote = t0.elapsed().as_secs_f64();

@@ -43,8 +43,11 @@ use crate::types::TenantId;
 pub const SLOT_PREFIX: &str = "supabase_realtime_messages_replication_slot_";
 /// How often the set of streams is compared with the tenants that want one.
 const RECONCILE_EVERY: Duration = Duration::from_millis(200);
-/// The wait before a tenant whose stream could not be set up is tried again.
+/// The first wait before a tenant whose stream could not be set up is tried again; it doubles
+/// with every failure in a row, up to [`START_RETRY_MAX`].
 const START_RETRY: Duration = Duration::from_secs(2);
+/// The longest wait between set-up attempts.
+const START_RETRY_MAX: Duration = Duration::from_secs(60);
 /// Bound of every wait on the tenant database (pool, connection, statement) here.
 const DB_TIMEOUT: Duration = Duration::from_secs(8);
 /// How often a running consumer re-reads its tenant record (limits).
@@ -135,8 +138,10 @@ impl From<crate::db::TenantDbError> for DbBroadcastError {
 enum Entry {
     /// Being set up (tenant record, pool, publication).
     Starting,
-    /// Set-up failed; tried again after `until`.
-    Failed { until: Instant },
+    /// Set-up failed `failures` times in a row; tried again after `until`.
+    Failed { until: Instant, failures: u32 },
+    /// Being set up again after `failures` failures.
+    Retrying { failures: u32 },
     Running {
         handle: StreamHandle,
         /// Since when nobody wants the stream.
@@ -297,8 +302,10 @@ impl DbBroadcast {
                         start.push(tenant.clone());
                     }
                     Some(entry @ Entry::Failed { .. }) => {
-                        if matches!(entry, Entry::Failed { until } if now >= *until) {
-                            *entry = Entry::Starting;
+                        if let Entry::Failed { until, failures } = *entry
+                            && now >= until
+                        {
+                            *entry = Entry::Retrying { failures };
                             start.push(tenant.clone());
                         }
                     }
@@ -318,7 +325,7 @@ impl DbBroadcast {
                             ensure.push(tenant.clone());
                         }
                     }
-                    Some(Entry::Starting) => {}
+                    Some(Entry::Starting | Entry::Retrying { .. }) => {}
                 }
             }
             let idle_timeout = self.inner.config.idle_timeout;
@@ -341,7 +348,7 @@ impl DbBroadcast {
                     true
                 }
                 Entry::Failed { .. } => wanted.contains(tenant),
-                Entry::Starting => true,
+                Entry::Starting | Entry::Retrying { .. } => true,
             });
         }
         for tenant in start {
@@ -420,9 +427,12 @@ impl DbBroadcast {
         };
         let result = setup.await;
         let mut streams = self.streams();
-        if !matches!(streams.get(&id), Some(Entry::Starting))
-            || self.inner.closing.load(Ordering::Relaxed)
-        {
+        let failures = match streams.get(&id) {
+            Some(Entry::Starting) => 0,
+            Some(Entry::Retrying { failures }) => *failures,
+            _ => return,
+        };
+        if self.inner.closing.load(Ordering::Relaxed) {
             return;
         }
         match result {
@@ -451,12 +461,21 @@ impl DbBroadcast {
                     });
             }
             Err(err) => {
-                tracing::warn!(error_code = %err.code(), tenant = %id, error = %err,
-                    "cannot start the database broadcast stream; retrying");
+                let delay = START_RETRY
+                    .saturating_mul(1 << failures.min(10))
+                    .min(START_RETRY_MAX);
+                // The first failure and then every tenth: a tenant whose database is away for
+                // good does not fill the log.
+                if failures % 10 == 0 {
+                    tracing::warn!(error_code = %err.code(), tenant = %id, error = %err,
+                        failures = failures + 1, retry_in_s = delay.as_secs(),
+                        "cannot start the database broadcast stream; retrying");
+                }
                 streams.insert(
                     id,
                     Entry::Failed {
-                        until: Instant::now() + START_RETRY,
+                        until: Instant::now() + delay,
+                        failures: failures + 1,
                     },
                 );
             }
