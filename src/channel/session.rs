@@ -215,7 +215,8 @@ struct RefreshedToken {
 }
 
 enum Step {
-    Join(PreparedJoin),
+    /// Boxed: a prepared join is several times larger than the other steps.
+    Join(Box<PreparedJoin>),
     Push(CheckedPush),
     Refresh(RefreshedToken),
 }
@@ -531,7 +532,7 @@ impl Session {
     pub fn complete(&mut self, prepared: Prepared, out: &mut Vec<Frame>) -> SessionControl {
         self.pending = None;
         match prepared.0 {
-            Step::Join(join) => self.apply_join(join, out),
+            Step::Join(join) => self.apply_join(*join, out),
             Step::Push(push) => self.apply_checked_push(push, out),
             Step::Refresh(refresh) => self.apply_refresh(refresh, out),
         }
@@ -623,10 +624,11 @@ impl Session {
             config,
         };
         // Boxed: large and short-lived; the socket task's own state stays small.
-        let mut preparation: Preparation = Box::pin(prepare(input, request).map(Step::Join));
+        let mut preparation: Preparation =
+            Box::pin(prepare(input, request).map(|join| Step::Join(Box::new(join))));
         // A cached tenant needs no wait: finish in this turn, as the reply is ready now.
         match (&mut preparation).now_or_never() {
-            Some(Step::Join(prepared)) => self.apply_join(prepared, out),
+            Some(Step::Join(prepared)) => self.apply_join(*prepared, out),
             Some(_) => unreachable!("a join's preparation ends in a join"),
             None => {
                 self.pending = Some(Pending { topic, preparation });
