@@ -290,6 +290,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         },
         &owner,
     );
+    let authorization = Authorization::new(tenant_dbs.clone(), owner.child());
     let channels = Arc::new(ChannelContext {
         tenants: tenants.clone(),
         hub: hub.clone(),
@@ -300,7 +301,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         tokens: tokens.clone(),
         draining: draining.clone(),
         changes: changes.clone(),
-        authorization: Authorization::new(tenant_dbs.clone(), owner.child()),
+        authorization: authorization.clone(),
         db_broadcast: db_broadcast.clone(),
     });
     let transport = Arc::new(Transport {
@@ -328,6 +329,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         claim_validators: config.api.jwt_claim_validators.clone(),
         fallback_tenant: fallback_tenant.clone(),
         body_limit: config.http.max_body_bytes,
+        authorization,
     });
     // The WebSocket routes stay outside the HTTP middleware: every upgrade would otherwise pay
     // for it, and the handshake checks header lengths itself.

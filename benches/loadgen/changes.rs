@@ -1052,6 +1052,7 @@ fn conn_config(o: &Opts, url: &str, token: String) -> Arc<ClientConfig> {
         url: url.to_owned(),
         host: format!("{}.localhost", o.tenant),
         token,
+        private: false,
         vsn: Vsn::V2,
         payload: 0,
         source_ips: Vec::new(),

@@ -50,6 +50,8 @@ pub struct ClientConfig {
     pub host: String,
     /// JWT sent as `apikey` and as the join's `access_token`.
     pub token: String,
+    /// Join private channels (`config.private`: the server checks RLS policies at join).
+    pub private: bool,
     /// Serializer version.
     pub vsn: Vsn,
     /// User payload size, bytes.
@@ -427,7 +429,7 @@ async fn run_connection(
             return;
         }
     };
-    let join = wire::join_frame(cfg.vsn, &role.topic, JOIN_REF, &cfg.token);
+    let join = wire::join_frame(cfg.vsn, &role.topic, JOIN_REF, &cfg.token, cfg.private);
     if ws.send(Message::Text(Utf8Bytes::from(join))).await.is_err() {
         shared.connect_failed.fetch_add(1, Ordering::Relaxed);
         return;

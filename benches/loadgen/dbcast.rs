@@ -145,6 +145,7 @@ pub async fn run(o: &Opts) -> Result<(), String> {
         source_ips: Vec::new(),
         heartbeat: Duration::from_secs_f64(o.heartbeat),
         spread_urls: Vec::new(),
+        private: false,
     });
     let (client, connection) = tokio_postgres::connect(&pg_url, NoTls)
         .await

@@ -83,6 +83,8 @@ load:
   --connect-rate 0 (conns/s, 0 = unpaced)  --connect-batch 100  --connect-concurrency 256
   --connect-timeout 120  --source-ips 127.0.0.1,127.0.0.2  --heartbeat 25
   --settle 3 --hold 0 (idle)  --p99-limit-ms 100  --stop-on-fail (custom)
+  --private (join private channels: the server runs its RLS read check per join;
+             the token is role authenticated, sub loadgen)
   --threads N (runtime workers; default = cores allowed, 1 = current-thread runtime)"
 }
 
@@ -128,6 +130,7 @@ struct Opts {
     heartbeat: f64,
     settle: f64,
     hold: f64,
+    private: bool,
     p99_limit_ms: f64,
     stop_on_fail: bool,
     threads: Option<usize>,
@@ -175,6 +178,7 @@ impl Default for Opts {
             heartbeat: 25.0,
             settle: 3.0,
             hold: 0.0,
+            private: false,
             p99_limit_ms: 100.0,
             stop_on_fail: false,
             threads: None,
@@ -221,6 +225,11 @@ impl Opts {
             let key = args[i].as_str();
             if key == "--stop-on-fail" {
                 o.stop_on_fail = true;
+                i += 1;
+                continue;
+            }
+            if key == "--private" {
+                o.private = true;
                 i += 1;
                 continue;
             }
@@ -440,17 +449,22 @@ fn sit_roles(conns: usize, topics: usize, prefix: &str) -> Vec<ConnRole> {
         .collect()
 }
 
-fn sign_jwt(secret: &str) -> Result<String, String> {
+/// A long-lived client JWT: `anon`, or for `--private` the `authenticated` user `loadgen`
+/// (what a benchmark's RLS policy admits).
+fn sign_jwt(secret: &str, private: bool) -> Result<String, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?
         .as_secs();
-    let claims = serde_json::json!({
-        "role": "anon",
+    let mut claims = serde_json::json!({
+        "role": if private { "authenticated" } else { "anon" },
         "iss": "loadgen",
         "iat": now,
         "exp": now + 10 * 365 * 24 * 3600,
     });
+    if private {
+        claims["sub"] = "loadgen".into();
+    }
     jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
@@ -1087,7 +1101,7 @@ fn check_fd_limit(needed: usize) {
 async fn run(o: Opts) -> Result<(), String> {
     let work = Work::from_opts(&o)?;
     check_fd_limit(work.connections());
-    let token = sign_jwt(&o.jwt_secret)?;
+    let token = sign_jwt(&o.jwt_secret, o.private)?;
     if let Work::Presence { conns, rate } = work {
         return run_presence(&o, token, conns, rate).await;
     }
@@ -1147,6 +1161,7 @@ async fn run(o: Opts) -> Result<(), String> {
             url: target.url.clone(),
             host: format!("{}.localhost", o.tenant),
             token: token.clone(),
+            private: o.private,
             vsn: o.vsn,
             payload: o.payload,
             source_ips: o.source_ips.clone(),
@@ -1206,6 +1221,7 @@ async fn run_presence(o: &Opts, token: String, conns: usize, rate: f64) -> Resul
         url,
         host: format!("{}.localhost", o.tenant),
         token,
+        private: false,
         vsn: Vsn::V2,
         payload: o.payload,
         source_ips: o.source_ips.clone(),
@@ -1409,7 +1425,7 @@ mod tests {
 
     #[test]
     fn jwt_has_three_parts() {
-        let t = sign_jwt(DEFAULT_JWT_SECRET).unwrap();
+        let t = sign_jwt(DEFAULT_JWT_SECRET, false).unwrap();
         assert_eq!(t.split('.').count(), 3);
     }
 }

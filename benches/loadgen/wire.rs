@@ -184,14 +184,20 @@ pub fn encode_text(
     }
 }
 
-/// Builds the `phx_join` of a public broadcast-only channel.
-pub fn join_frame(vsn: Vsn, topic: &str, join_ref: &str, access_token: &str) -> String {
+/// Builds the `phx_join` of a broadcast-only channel, public or private (RLS-checked).
+pub fn join_frame(
+    vsn: Vsn,
+    topic: &str,
+    join_ref: &str,
+    access_token: &str,
+    private: bool,
+) -> String {
     let payload = json!({
         "config": {
             "broadcast": {"self": false, "ack": false},
             "presence": {"enabled": false},
             "postgres_changes": [],
-            "private": false,
+            "private": private,
         },
         "access_token": access_token,
     });
@@ -498,7 +504,7 @@ mod tests {
     #[test]
     fn text_frames_round_trip_in_both_versions() {
         for vsn in [Vsn::V1, Vsn::V2] {
-            let text = join_frame(vsn, "realtime:r", "5", "tok");
+            let text = join_frame(vsn, "realtime:r", "5", "tok", false);
             let e = decode_text(vsn, &text).unwrap();
             assert_eq!(e.join_ref.as_deref(), Some("5"));
             assert_eq!(e.msg_ref.as_deref(), Some("5"));

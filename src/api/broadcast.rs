@@ -40,6 +40,8 @@ pub struct BroadcastApi {
     pub fallback_tenant: Option<TenantId>,
     /// Largest request body, bytes.
     pub body_limit: usize,
+    /// The write checks of private topics (PROTOCOL.md 8).
+    pub authorization: crate::authorization::Authorization,
 }
 
 /// Builds the broadcast routes, at `/api/...` and `/realtime/v1/api/...`.
@@ -76,6 +78,48 @@ struct Admitted {
     tenant: Arc<Tenant>,
     limiter: TenantLimiter,
     rate: f64,
+    /// The request JWT's claims (the subject of private writes).
+    claims: crate::auth::Claims,
+    /// Every request header as a JSON object (`request.headers` of private writes).
+    headers: String,
+}
+
+/// Every header of the request as a JSON object (lowercase names; a repeated header keeps its
+/// last value; values that are not text are left out).
+fn headers_json(headers: &HeaderMap) -> String {
+    let map: Map<String, Value> = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let value = value.to_str().ok()?;
+            Some((name.as_str().to_string(), Value::String(value.to_string())))
+        })
+        .collect();
+    Value::Object(map).to_string()
+}
+
+/// Runs the write check of a private topic for the request's subject (nothing cached:
+/// PROTOCOL.md 8); true when the policies allow the broadcast.
+async fn may_write(api: &BroadcastApi, admitted: &Admitted, topic: &str) -> bool {
+    use crate::authorization::{CheckRequest, Extension, Subject};
+    let request = CheckRequest {
+        subject: Subject {
+            role: admitted.claims.role.clone(),
+            claims: Value::Object(admitted.claims.all.clone()).to_string(),
+            sub: admitted.claims.sub.clone().unwrap_or_default(),
+            topic: topic.to_string(),
+            headers: admitted.headers.clone(),
+        },
+        read: Vec::new(),
+        write: Some(Extension::Broadcast),
+    };
+    match api.authorization.check(&admitted.tenant, request).await {
+        Ok(outcome) => outcome.write == Some(true),
+        Err(err) => {
+            tracing::warn!(error_code = %err.code(), tenant = %admitted.tenant.external_id, topic,
+                error = %err, "write check of a private HTTP broadcast failed");
+            false
+        }
+    }
 }
 
 fn with_rate_headers(mut response: Response, tenant: &Tenant, rate: f64) -> Response {
@@ -161,10 +205,13 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Refu
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
-    if let Err(err) = api.tokens.verify(&token, keys, &api.claim_validators, unix) {
-        tracing::info!(error_code = %err.code(), tenant = %tenant.external_id, "HTTP broadcast token refused: {err}");
-        return Err((ApiError::Unauthorized, Some((tenant, rate))));
-    }
+    let claims = match api.tokens.verify(&token, keys, &api.claim_validators, unix) {
+        Ok(claims) => claims,
+        Err(err) => {
+            tracing::info!(error_code = %err.code(), tenant = %tenant.external_id, "HTTP broadcast token refused: {err}");
+            return Err((ApiError::Unauthorized, Some((tenant, rate))));
+        }
+    };
     if tenant.suspend {
         return Err((ApiError::Suspended, Some((tenant, rate))));
     }
@@ -172,6 +219,8 @@ async fn admit(api: &BroadcastApi, headers: &HeaderMap) -> Result<Admitted, Refu
         tenant,
         limiter,
         rate,
+        claims,
+        headers: headers_json(headers),
     })
 }
 
@@ -189,7 +238,7 @@ async fn batch(State(api): State<Arc<BroadcastApi>>, headers: HeaderMap, body: B
         Ok(a) => a,
         Err(refusal) => return refused(refusal),
     };
-    let answer = publish_batch(&api, &admitted, &body);
+    let answer = publish_batch(&api, &admitted, &body).await;
     respond(answer, &admitted)
 }
 
@@ -206,7 +255,7 @@ fn respond(answer: Result<StatusCode, ApiError>, admitted: &Admitted) -> Respons
 }
 
 /// Validates and publishes a batch; 202 when accepted.
-fn publish_batch(
+async fn publish_batch(
     api: &BroadcastApi,
     admitted: &Admitted,
     body: &[u8],
@@ -296,11 +345,16 @@ fn publish_batch(
     }
     let now = std::time::Instant::now();
     limiter.check_http_broadcast_batch(&tenant.limits, valid.len() as u64, now)?;
+    // The write checks of the private messages, all at once (the checks are pipelined).
+    let allowed =
+        futures::future::join_all(valid.iter().map(|(topic, _, _, private, _)| async move {
+            !*private || may_write(api, admitted, topic).await
+        }))
+        .await;
     let mut deliveries = 0u64;
-    for (topic, event, payload, private, id) in valid {
-        if private {
-            // Private writes need an RLS check on realtime.messages, which arrives with the
-            // authorization step; until then they are denied, and denied messages are dropped.
+    for ((topic, event, payload, private, id), allowed) in valid.into_iter().zip(allowed) {
+        if !allowed {
+            // Denied private messages are dropped; the batch is still accepted (PROTOCOL.md 4.5).
             tracing::info!(error_code = %ErrorCode::Unauthorized, tenant = %tenant.external_id, topic, "private HTTP broadcast dropped");
             continue;
         }
@@ -370,12 +424,12 @@ async fn single(
         Err(refusal) => return refused(refusal),
     };
     let private = query.private.as_deref() == Some("true");
-    let answer = publish_single(&api, &admitted, (topic, event, private), encoding, body);
+    let answer = publish_single(&api, &admitted, (topic, event, private), encoding, body).await;
     respond(answer, &admitted)
 }
 
 /// Publishes one payload from the path's topic and event; 202 when accepted.
-fn publish_single(
+async fn publish_single(
     api: &BroadcastApi,
     admitted: &Admitted,
     (topic, event, private): (String, String, bool),
@@ -412,8 +466,7 @@ fn publish_single(
     }
     let now = std::time::Instant::now();
     limiter.check_http_broadcast(&tenant.limits, now)?;
-    if private {
-        // Private writes need the RLS check of the authorization step; until then, denied.
+    if private && !may_write(api, admitted, &topic).await {
         return Err(ApiError::Forbidden);
     }
     let room = RoomKey {

@@ -1505,6 +1505,37 @@ mod tests {
     }
 
     #[test]
+    fn only_x_headers_reach_the_authorization_context() {
+        let json = x_headers_json([
+            ("X-Client-Info", "supabase-js/2"),
+            ("host", "t.localhost"),
+            ("x-", "too short"),
+            ("authorization", "Bearer secret"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        let parsed: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"x-client-info": "supabase-js/2", "x-forwarded-for": "10.0.0.1"})
+        );
+    }
+
+    #[test]
+    fn a_track_is_recognised_in_any_case() {
+        let payload = |text: &str| {
+            InboundPayload::Json(serde_json::value::RawValue::from_string(text.into()).unwrap())
+        };
+        assert!(is_track(&payload(
+            r#"{"type":"presence","event":"TRACK","payload":{}}"#
+        )));
+        assert!(is_track(&payload(r#"{"event":"track"}"#)));
+        assert!(!is_track(&payload(r#"{"event":"untrack"}"#)));
+        assert!(!is_track(&payload(r#"{"event":1}"#)));
+        assert!(!is_track(&payload(r#"{}"#)));
+        assert!(!is_track(&payload(r#"[]"#)));
+    }
+
+    #[test]
     fn frames_that_depend_on_a_pending_join_wait_and_others_pass() {
         let mut held = VecDeque::new();
         let pending = "realtime:b";

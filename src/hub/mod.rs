@@ -759,6 +759,54 @@ mod tests {
         assert!(frame(&mut old).is_none());
     }
 
+    /// A presence-only member gets no broadcasts, a broadcast-only member no presence diffs,
+    /// and a permission established later (`set_reads`) takes effect at once.
+    #[test]
+    fn per_subscriber_reads_filter_the_fan_out() {
+        let hub = Hub::default();
+        let join_with = |reads| {
+            let (outbox, rx, _) = outbox(8);
+            let conn = ConnId::next();
+            hub.subscribe(
+                key(true),
+                Subscriber {
+                    conn,
+                    slot: 1,
+                    vsn: Vsn::V2,
+                    outbox,
+                    reads,
+                    replayed: None,
+                },
+            );
+            (conn, rx)
+        };
+        let (_, mut both) = join_with(Reads::ALL);
+        let (_, mut presence_only) = join_with(Reads::PRESENCE);
+        let (late, mut broadcast_only) = join_with(Reads::BROADCAST);
+        let diff = FanoutMessage::Json {
+            kind: FanoutKind::Presence,
+            event: "presence_diff".into(),
+            payload: r#"{"joins":{},"leaves":{}}"#.into(),
+        };
+        let note = user(PayloadEncoding::Json, b"{}");
+        assert_eq!(hub.publish(&key(true), &note, None), 2);
+        assert!(frame(&mut both).is_some());
+        assert!(frame(&mut presence_only).is_none());
+        assert!(frame(&mut broadcast_only).is_some());
+        assert_eq!(hub.publish(&key(true), &diff, None), 2);
+        assert!(frame(&mut both).is_some());
+        assert!(frame(&mut presence_only).is_some());
+        assert!(frame(&mut broadcast_only).is_none());
+        assert!(hub.set_reads(&key(true), late, 1, Reads::ALL));
+        assert!(
+            !hub.set_reads(&key(true), late, 2, Reads::ALL),
+            "no such channel"
+        );
+        assert_eq!(hub.publish(&key(true), &diff, None), 3);
+        assert!(frame(&mut broadcast_only).is_some());
+        assert!(Reads::NONE.allows(FanoutKind::PostgresChanges));
+    }
+
     #[test]
     fn public_and_private_rooms_are_apart_and_empty_rooms_vanish() {
         let hub = Hub::default();

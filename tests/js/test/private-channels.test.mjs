@@ -156,6 +156,26 @@ describe('private channels', () => {
     assert.deepEqual(Object.keys(eve.presenceState()), []);
   });
 
+  it('HTTP broadcasts to a private topic run the write check on every request', async () => {
+    const topic = uid('room-');
+    grant(topic, [
+      ['alice', 'broadcast', 'read'],
+      ['alice', 'broadcast', 'write'],
+      ['carol', 'broadcast', 'read'],
+    ]);
+    const listener = clientFor('alice').c.channel(topic, { config: { private: true } });
+    const got = collect(listener, 'broadcast', { event: '*' });
+    await subscribed(listener);
+    // httpSend() posts to /api/broadcast/:topic/events/:event?private=true with the user's JWT.
+    const alice = clientFor('alice').c.channel(topic, { config: { private: true } });
+    assert.deepEqual(await alice.httpSend('over-http', { n: 1 }), { success: true });
+    const carol = clientFor('carol').c.channel(topic, { config: { private: true } });
+    await assert.rejects(carol.httpSend('over-http', { n: 2 }), /Unauthorized/);
+    await got.waitFor((m) => m.payload.n === 1);
+    await sleep(QUIET_MS);
+    assert.deepEqual(got.items.map((m) => m.payload.n), [1]);
+  });
+
   it('a token refresh that removes read permission closes the channel; one that keeps it does not', async () => {
     const topic = uid('room-');
     grant(topic, [
@@ -190,6 +210,22 @@ describe('private channels', () => {
     await subscribed(clientFor('alice', { t: strict }).c.channel(topic, { config: { private: true } }));
     const denied = clientFor('bob', { t: strict }).c.channel(topic, { config: { private: true } });
     assert.match((await track(denied).first(8000)).error.message, /^Unauthorized: /);
+  });
+
+  it('a missing partition of realtime.messages is MissingPartition', async () => {
+    const topic = uid('room-');
+    grant(topic, [['alice', 'broadcast', 'read']]);
+    const part = `realtime.messages_${new Date().toISOString().slice(0, 10).replaceAll('-', '_')}`;
+    env.pg.sql(`drop table ${part}`);
+    try {
+      const ch = clientFor('alice').c.channel(topic, { config: { private: true } });
+      const first = await track(ch).first(8000);
+      assert.equal(first.status, 'CHANNEL_ERROR');
+      assert.equal(first.error.message, 'MissingPartition: Realtime was unable to find the expected messages partition');
+    } finally {
+      env.pg.sql(`select realtime.rs_ensure_messages_partitions((now() at time zone 'utc')::date, (now() at time zone 'utc')::date)`);
+    }
+    await subscribed(clientFor('alice').c.channel(topic, { config: { private: true } }));
   });
 
   it('200 sockets joining private channels at once through a pool of 2 are all answered, correctly', async () => {
