@@ -24,6 +24,7 @@ use crate::channel::ChannelContext;
 use crate::cluster::{Membership, NodeAddresses};
 use crate::config::Config;
 use crate::db::{Db, TenantDbs};
+use crate::db_broadcast::{DbBroadcast, DbBroadcastDeps, NodeInterest, TenantInterest};
 use crate::hub::Hub;
 use crate::janitor::Janitor;
 use crate::limits::{Limits, LimitsConfig};
@@ -96,6 +97,8 @@ pub struct RunningApp {
     tenant_dbs: TenantDbs,
     /// Postgres Changes: subscriptions, streams and their consumers.
     changes: PostgresChanges,
+    /// Broadcast from the database: this node's messages streams.
+    db_broadcast: DbBroadcast,
     hub: Arc<Hub>,
     transport: Arc<Transport>,
     draining: Arc<AtomicBool>,
@@ -160,6 +163,7 @@ impl RunningApp {
         // 4. Release the streams: their positions are confirmed and their slots kept, so the
         //    next owner (or this node after a restart) resumes without loss.
         self.changes.shutdown(TASK_GRACE).await;
+        self.db_broadcast.shutdown(TASK_GRACE).await;
         // 5. Drain the sockets: each tells its channels (`system` disconnect), closes with
         //    1012 and ends.
         if !self.transport.shutdown(SOCKET_DRAIN_GRACE).await {
@@ -273,6 +277,22 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     ));
     let draining = Arc::new(AtomicBool::new(false));
     let tokens = Arc::new(crate::auth::VerifiedTokens::new());
+    // Broadcast from the database: the ring's owner of a tenant streams its messages while
+    // the tenant has sockets here or rooms on a peer.
+    let peer_interest: Option<Arc<dyn TenantInterest>> =
+        if clustered { Some(links.clone()) } else { None };
+    let db_broadcast = DbBroadcast::new(
+        DbBroadcastDeps {
+            tenants: tenants.clone(),
+            dbs: tenant_dbs.clone(),
+            broadcaster: broadcaster.clone(),
+            limits: limits.clone(),
+            ownership: ring.clone(),
+            interest: Arc::new(NodeInterest::new(hub.clone(), peer_interest)),
+            config: config.replication.clone(),
+        },
+        &owner,
+    );
     let authorization = Authorization::new(tenant_dbs.clone(), owner.child());
     let channels = Arc::new(ChannelContext {
         tenants: tenants.clone(),
@@ -285,6 +305,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         draining: draining.clone(),
         changes: changes.clone(),
         authorization: authorization.clone(),
+        db_broadcast: db_broadcast.clone(),
     });
     let transport = Arc::new(Transport {
         channels,
@@ -453,6 +474,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         db,
         tenant_dbs,
         changes,
+        db_broadcast,
         hub,
         transport,
         draining,

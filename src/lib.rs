@@ -35,6 +35,7 @@ pub(crate) mod close_code;
 pub(crate) mod cluster;
 pub mod config;
 pub mod db;
+pub(crate) mod db_broadcast;
 pub mod error;
 pub(crate) mod hub;
 pub(crate) mod inspector;

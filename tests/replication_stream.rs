@@ -54,6 +54,7 @@ fn target(pg: &Pg, db: &str, slot: &SlotName) -> ReplicationTarget {
         tls: false,
         slot: slot.clone(),
         publication: PUBLICATION.into(),
+        temporary_slot: false,
     }
 }
 
@@ -629,6 +630,7 @@ async fn a_manager_starts_only_the_streams_it_owns() {
         tls: false,
         slot,
         publication: PUBLICATION.into(),
+        temporary_slot: false,
     };
     let err = manager
         .ensure_started(&TenantId::new("elsewhere"), t)

@@ -304,6 +304,7 @@ impl Pg {
             tls: false,
             slot: SlotName::new(slot).map_err(|e| e.to_string())?,
             publication: publication.to_owned(),
+            temporary_slot: false,
         })
     }
 }

@@ -22,6 +22,7 @@
 mod baseline;
 mod changes;
 mod client;
+mod dbcast;
 mod presence;
 mod stats;
 mod wire;
@@ -60,6 +61,11 @@ scenarios (--scenario):
                subscribers in teams of 10 on public.bench_rls_rows (RLS), rows at --rls-rates
                (500,1000,2000,3000,4000 rows/s) to their team, steps bounded by
                --rls-p99-limit-ms (default --p99-limit-ms); --phases raw,fanout,rls
+  g | dbcast   Broadcast from the database (real server only, needs --url and --pg): --conns
+               (1000) subscribers on --topics (10) public topics; --raw-rows (200000) rows
+               inserted into realtime.messages in transactions of --raw-batch (1000): rows/s and
+               deliveries/s to the last delivery, then the same messages through
+               POST /api/broadcast (same run, same subscribers) as the baseline
   custom       --topics T --subs-per-topic S --pubs-per-topic P --rates R1,R2,..
 
 targets:
@@ -319,6 +325,9 @@ enum Work {
         conns: usize,
         rate: f64,
     },
+    DbCast {
+        conns: usize,
+    },
     Changes {
         conns: usize,
     },
@@ -369,6 +378,9 @@ impl Work {
                     .and_then(|r| r.first().copied())
                     .unwrap_or(100.0),
             },
+            "g" | "dbcast" => Work::DbCast {
+                conns: o.conns.unwrap_or(1000),
+            },
             "f" | "changes" => Work::Changes {
                 conns: o.conns.unwrap_or(500),
             },
@@ -394,7 +406,8 @@ impl Work {
             Work::Idle { conns, .. }
             | Work::Joins { conns }
             | Work::Presence { conns, .. }
-            | Work::Changes { conns } => *conns,
+            | Work::Changes { conns }
+            | Work::DbCast { conns } => *conns,
         }
     }
 }
@@ -1094,6 +1107,9 @@ async fn run(o: Opts) -> Result<(), String> {
     if let Work::Presence { conns, rate } = work {
         return run_presence(&o, token, conns, rate).await;
     }
+    if let Work::DbCast { .. } = work {
+        return dbcast::run(&o).await;
+    }
     if let Work::Changes { .. } = work {
         return changes::run(&o).await;
     }
@@ -1164,7 +1180,7 @@ async fn run(o: Opts) -> Result<(), String> {
             Work::Idle { conns, topics } => run_idle(cfg, *conns, *topics, &o, target).await,
             Work::Joins { conns } => run_joins(cfg, *conns, &o).await,
             // Handled by `run_presence` / `changes::run` before any target is set up.
-            Work::Presence { .. } | Work::Changes { .. } => {
+            Work::Presence { .. } | Work::Changes { .. } | Work::DbCast { .. } => {
                 return Err("presence and changes run without targets".into());
             }
         };

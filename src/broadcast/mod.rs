@@ -105,6 +105,7 @@ mod tests {
                 vsn: Vsn::V2,
                 outbox: o1,
                 reads: crate::hub::Reads::ALL,
+                replayed: None,
             },
         );
         hub.subscribe(
@@ -115,6 +116,7 @@ mod tests {
                 vsn: Vsn::V2,
                 outbox: o2,
                 reads: crate::hub::Reads::ALL,
+                replayed: None,
             },
         );
         let msg = FanoutMessage::Json {

@@ -120,10 +120,11 @@ pub(super) fn decide(
     };
     // A private channel's read check needs the tenant database: it runs after this decision
     // in the join's preparation (`authorization`). Replay is for private channels only.
-    if !config.private && config.replay.is_some() {
-        return Err(JoinError::ReplayOnPublicChannel);
+    match (&config.replay, config.private) {
+        (Some(_), false) => Err(JoinError::ReplayOnPublicChannel),
+        (Some(Err(())), true) => Err(JoinError::ReplayParamsInvalid),
+        _ => Ok(admitted),
     }
-    Ok(admitted)
 }
 
 #[cfg(test)]
@@ -254,6 +255,9 @@ mod tests {
         assert_eq!(case.decide().unwrap().token, CONN_TOKEN);
         case.config = JoinConfig::parse(r#"{"config":{"broadcast":{"replay":{"since":1}}}}"#);
         assert_eq!(case.decide().unwrap_err(), JoinError::ReplayOnPublicChannel);
+        case.config =
+            JoinConfig::parse(r#"{"config":{"private":true,"broadcast":{"replay":{"limit":3}}}}"#);
+        assert_eq!(case.decide().unwrap_err(), JoinError::ReplayParamsInvalid);
     }
 
     #[test]

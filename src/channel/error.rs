@@ -55,6 +55,12 @@ pub enum JoinError {
     /// `config.broadcast.replay` on a public channel.
     #[error("replay requested on a public channel")]
     ReplayOnPublicChannel,
+    /// `config.broadcast.replay` without an integer `since` (or with a bad `limit`).
+    #[error("replay parameters are not valid")]
+    ReplayParamsInvalid,
+    /// The replay query failed (PROTOCOL.md 4.6).
+    #[error("replay query failed: {0}")]
+    ReplayFailed(String),
 }
 
 impl JoinError {
@@ -84,7 +90,9 @@ impl OperationalError for JoinError {
             JoinError::Token(err) => err.code(),
             JoinError::Unauthorized { .. } => ErrorCode::Unauthorized,
             JoinError::Authorization(err) => err.code(),
-            JoinError::ReplayOnPublicChannel => ErrorCode::UnableToReplayMessages,
+            JoinError::ReplayOnPublicChannel
+            | JoinError::ReplayParamsInvalid
+            | JoinError::ReplayFailed(_) => ErrorCode::UnableToReplayMessages,
         }
     }
 
@@ -104,6 +112,8 @@ impl OperationalError for JoinError {
             }
             JoinError::Authorization(err) => err.client_message(),
             JoinError::ReplayOnPublicChannel => "Replay is not allowed for public channels".into(),
+            JoinError::ReplayParamsInvalid => "Replay params are not valid".into(),
+            JoinError::ReplayFailed(_) => "Realtime was unable to replay messages".into(),
         }
     }
 
@@ -252,6 +262,16 @@ mod tests {
             (
                 JoinError::ReplayOnPublicChannel,
                 "UnableToReplayMessages: Replay is not allowed for public channels",
+                None,
+            ),
+            (
+                JoinError::ReplayParamsInvalid,
+                "UnableToReplayMessages: Replay params are not valid",
+                None,
+            ),
+            (
+                JoinError::ReplayFailed("relation does not exist".into()),
+                "UnableToReplayMessages: Realtime was unable to replay messages",
                 None,
             ),
             (

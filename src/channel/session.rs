@@ -32,6 +32,7 @@ use crate::authorization::{
 };
 use crate::broadcast::{Broadcaster, Origin};
 use crate::close_code::CloseCode;
+use crate::db_broadcast::{DbBroadcast, DbMessage};
 use crate::error::{ErrorCode, OperationalError};
 use crate::hub::{ChannelSlot, FanoutMessage, Frame, Hub, Outbox, Reads, RoomKey, Subscriber};
 use crate::limits::{ConnectedUser, FixedWindow, LimitExceeded, Limits, TenantLimiter};
@@ -76,6 +77,8 @@ pub struct ChannelContext {
     pub changes: PostgresChanges,
     /// Realtime Authorization: the RLS checks of private channels.
     pub authorization: Authorization,
+    /// Broadcast from the database: the replay of stored messages at join.
+    pub db_broadcast: DbBroadcast,
 }
 
 /// What the socket task should do after a session call.
@@ -189,6 +192,8 @@ pub struct PreparedJoin {
     changes: Option<Result<PreparedSubscription, SubscribeError>>,
     /// The read permissions of a private channel ([`Permissions::PUBLIC`] otherwise).
     permissions: Permissions,
+    /// The stored messages to replay after the join reply, oldest first (PROTOCOL.md 4.6).
+    replay: Vec<DbMessage>,
 }
 
 /// A push of a private channel whose write permission was not known yet, with the check's
@@ -210,7 +215,8 @@ struct RefreshedToken {
 }
 
 enum Step {
-    Join(PreparedJoin),
+    /// Boxed: a prepared join is several times larger than the other steps.
+    Join(Box<PreparedJoin>),
     Push(CheckedPush),
     Refresh(RefreshedToken),
 }
@@ -260,6 +266,7 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
         decision: Err(err),
         changes: None,
         permissions: Permissions::PUBLIC,
+        replay: Vec::new(),
     };
     let draining = input.ctx.draining.load(Ordering::Relaxed);
     if let Err(err) = admission::check_before_lookup(&request.sub_topic, draining) {
@@ -326,6 +333,35 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
         }
         other => other,
     };
+    // Replay (PROTOCOL.md 4.6): private channels only (admission), with broadcast read.
+    let mut replay = Vec::new();
+    let decision = match (decision, &request.config.replay) {
+        (Ok(admitted), Some(Ok(wanted))) => {
+            if permissions.broadcast_read != Some(true) {
+                Err(JoinError::Unauthorized {
+                    sub_topic: request.sub_topic.clone(),
+                })
+            } else {
+                match input
+                    .ctx
+                    .db_broadcast
+                    .replay(&tenant, &request.sub_topic, wanted.since, wanted.limit)
+                    .await
+                {
+                    Ok(rows) => {
+                        replay = rows;
+                        Ok(admitted)
+                    }
+                    Err(err) => {
+                        tracing::warn!(error_code = %err.code(), tenant = %tenant.external_id,
+                            topic = %request.topic, error = %err, "replay query failed");
+                        Err(JoinError::ReplayFailed(err.to_string()))
+                    }
+                }
+            }
+        }
+        (other, _) => other,
+    };
     // The subscription's waits (tenant database, catalog, stream start) happen here too, so
     // the join reply is sent only once every change committed after it will be delivered.
     let changes = match &decision {
@@ -349,6 +385,7 @@ async fn prepare(input: PrepareInput, request: JoinRequest) -> PreparedJoin {
         decision,
         changes,
         permissions,
+        replay,
     }
 }
 
@@ -495,7 +532,7 @@ impl Session {
     pub fn complete(&mut self, prepared: Prepared, out: &mut Vec<Frame>) -> SessionControl {
         self.pending = None;
         match prepared.0 {
-            Step::Join(join) => self.apply_join(join, out),
+            Step::Join(join) => self.apply_join(*join, out),
             Step::Push(push) => self.apply_checked_push(push, out),
             Step::Refresh(refresh) => self.apply_refresh(refresh, out),
         }
@@ -587,10 +624,11 @@ impl Session {
             config,
         };
         // Boxed: large and short-lived; the socket task's own state stays small.
-        let mut preparation: Preparation = Box::pin(prepare(input, request).map(Step::Join));
+        let mut preparation: Preparation =
+            Box::pin(prepare(input, request).map(|join| Step::Join(Box::new(join))));
         // A cached tenant needs no wait: finish in this turn, as the reply is ready now.
         match (&mut preparation).now_or_never() {
-            Some(Step::Join(prepared)) => self.apply_join(prepared, out),
+            Some(Step::Join(prepared)) => self.apply_join(*prepared, out),
             Some(_) => unreachable!("a join's preparation ends in a join"),
             None => {
                 self.pending = Some(Pending { topic, preparation });
@@ -740,6 +778,7 @@ impl Session {
             decision,
             changes,
             permissions,
+            replay,
         } = prepared;
         if let Some(tenant) = tenant {
             self.tenant = tenant;
@@ -756,7 +795,7 @@ impl Session {
             Ok(admitted)
         });
         match decision {
-            Ok(admitted) => self.subscribe(request, admitted, changes, permissions, out),
+            Ok(admitted) => self.subscribe(request, admitted, changes, permissions, replay, out),
             Err(err) => self.refuse(&request, &err),
         }
     }
@@ -767,6 +806,7 @@ impl Session {
         admitted: Admitted,
         changes: Option<Result<PreparedSubscription, SubscribeError>>,
         permissions: Permissions,
+        replay: Vec<DbMessage>,
         out: &mut Vec<Frame>,
     ) {
         let JoinRequest {
@@ -795,6 +835,8 @@ impl Session {
                 } else {
                     Reads::ALL
                 },
+                replayed: (!replay.is_empty())
+                    .then(|| Arc::new(replay.iter().map(|m| m.id.clone()).collect())),
             },
         );
         let expires_at = expiry_instant(admitted.claims.exp, unix_now());
@@ -809,6 +851,7 @@ impl Session {
             &response,
         );
         tracing::debug!(tenant = %self.tenant.external_id, topic = %topic, conn = %self.conn, "channel joined");
+        self.push_replay(join_ref.as_deref(), &topic, replay, out);
         let registration = match changes {
             Some(Ok(prepared)) => {
                 let (registration, streaming) = prepared.register(
@@ -870,6 +913,40 @@ impl Session {
         // A private channel without presence read gets no presence state (PROTOCOL.md 5.2).
         if presence_enabled && permissions.presence_read != Some(false) {
             self.push_presence_state(&topic, out);
+        }
+    }
+
+    /// The replayed messages, right after the join reply (PROTOCOL.md 4.6, 2.4): a JSON row as
+    /// a text `broadcast` with the channel's join_ref, a binary row as kind 4 (v2 only).
+    fn push_replay(
+        &self,
+        join_ref: Option<&str>,
+        topic: &str,
+        replay: Vec<DbMessage>,
+        out: &mut Vec<Frame>,
+    ) {
+        for message in replay {
+            let m = &message.broadcast;
+            match (m.encoding, self.vsn) {
+                (phoenix::PayloadEncoding::Binary, Vsn::V2) => {
+                    if let Ok(bytes) = phoenix::encode_user_broadcast(topic, m) {
+                        out.push(Frame::Binary(bytes));
+                    }
+                }
+                (phoenix::PayloadEncoding::Binary, Vsn::V1) => {}
+                (phoenix::PayloadEncoding::Json, _) => {
+                    if let Some(payload) = phoenix::user_broadcast_json(m) {
+                        self.push(
+                            out,
+                            join_ref,
+                            None,
+                            topic,
+                            phoenix::EVENT_BROADCAST,
+                            &payload,
+                        );
+                    }
+                }
+            }
         }
     }
 

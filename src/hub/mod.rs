@@ -42,7 +42,13 @@ pub struct Subscriber {
     pub outbox: Outbox,
     /// What fan-out the channel may receive ([`Reads::ALL`] for a public channel).
     pub reads: Reads,
+    /// The ids of the database messages replayed to the channel at join (PROTOCOL.md 4.6): a
+    /// live database broadcast with one of these `meta.id`s is not delivered to it.
+    pub replayed: Option<ReplayedIds>,
 }
+
+/// The ids of the messages replayed to one channel, kept for the channel's lifetime.
+pub type ReplayedIds = Arc<std::collections::HashSet<String>>;
 
 /// What a subscriber may receive of its room's fan-out: a private channel without broadcast
 /// read gets no broadcasts, one without presence read no `presence_diff` (PROTOCOL.md 8). A
@@ -189,6 +195,22 @@ impl FanoutMessage {
         match self {
             FanoutMessage::User(m) => m.payload.len(),
             FanoutMessage::Json { payload, .. } => payload.len(),
+        }
+    }
+
+    /// The `meta.id` of a database broadcast (a user broadcast whose metadata has an `"id"`).
+    pub fn db_id(&self) -> Option<String> {
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            id: Option<String>,
+        }
+        match self {
+            FanoutMessage::User(m) => m
+                .metadata
+                .as_deref()
+                .and_then(|meta| serde_json::from_slice::<Meta>(meta).ok())
+                .and_then(|meta| meta.id),
+            FanoutMessage::Json { .. } => None,
         }
     }
 
@@ -473,9 +495,19 @@ impl Hub {
         let mut v2: Option<Option<Frame>> = None;
         let mut delivered = 0;
         let kind = message.kind();
+        // Parsed only when a subscriber replayed messages at join.
+        let mut db_id: Option<Option<String>> = None;
         let members = room.members();
         for sub in &members.subscribers {
             if exclude == Some((sub.conn, sub.slot)) || !sub.reads.allows(kind) {
+                continue;
+            }
+            if let Some(replayed) = &sub.replayed
+                && db_id
+                    .get_or_insert_with(|| message.db_id())
+                    .as_ref()
+                    .is_some_and(|id| replayed.contains(id))
+            {
                 continue;
             }
             let cached = match sub.vsn {
@@ -514,6 +546,16 @@ impl Hub {
             tenant,
             conn,
         }
+    }
+
+    /// Returns the tenants with live connections on this node.
+    pub fn tenants(&self) -> Vec<TenantId> {
+        self.connections
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Returns the number of live connections of a tenant on this node.
@@ -579,6 +621,7 @@ mod tests {
                 vsn,
                 outbox,
                 reads: Reads::ALL,
+                replayed: None,
             },
         );
         (conn, rx)
@@ -619,6 +662,51 @@ mod tests {
             payload: Bytes::from_static(payload),
             metadata: None,
         })
+    }
+
+    #[test]
+    fn a_replayed_id_is_not_delivered_again_to_that_channel() {
+        let hub = Hub::default();
+        let (_, mut plain) = join(&hub, key(true), Vsn::V2, 1);
+        let (outbox, mut replayer, _) = outbox(8);
+        hub.subscribe(
+            key(true),
+            Subscriber {
+                conn: ConnId::next(),
+                slot: 1,
+                vsn: Vsn::V2,
+                outbox,
+                reads: Reads::ALL,
+                replayed: Some(Arc::new(["a".to_string()].into_iter().collect())),
+            },
+        );
+        let db = |id: &'static str| {
+            FanoutMessage::User(UserBroadcast {
+                event: "note".into(),
+                encoding: PayloadEncoding::Json,
+                payload: Bytes::from_static(b"{}"),
+                metadata: Some(Bytes::from(format!("{{\"id\":\"{id}\"}}"))),
+            })
+        };
+        assert_eq!(db("a").db_id().as_deref(), Some("a"));
+        assert_eq!(
+            hub.publish(&key(true), &db("a"), None),
+            1,
+            "suppressed for the replayer"
+        );
+        assert!(frame(&mut plain).is_some());
+        assert!(replayer.try_recv().is_err());
+        assert_eq!(
+            hub.publish(&key(true), &db("b"), None),
+            2,
+            "another id reaches both"
+        );
+        assert!(frame(&mut replayer).is_some());
+        assert_eq!(
+            hub.publish(&key(true), &user(PayloadEncoding::Json, b"{}"), None),
+            2,
+            "no metadata: nothing to suppress"
+        );
     }
 
     #[test]
@@ -687,6 +775,7 @@ mod tests {
                     vsn: Vsn::V2,
                     outbox,
                     reads,
+                    replayed: None,
                 },
             );
             (conn, rx)
@@ -757,6 +846,7 @@ mod tests {
             vsn: Vsn::V2,
             outbox: outbox(4).0,
             reads: Reads::ALL,
+            replayed: None,
         };
         let (a, b) = (ConnId::next(), ConnId::next());
         assert!(
@@ -834,6 +924,7 @@ mod tests {
                                     vsn: Vsn::V1,
                                     outbox,
                                     reads: Reads::ALL,
+                                    replayed: None,
                                 },
                             );
                             if !hub.reaches(&room, conn, 1) {

@@ -31,6 +31,8 @@ struct Out {
 struct Interest {
     by_room: HashMap<RoomKey, Vec<Arc<str>>>,
     by_peer: HashMap<Arc<str>, HashSet<RoomKey>>,
+    /// Rooms any peer wants, per tenant (Broadcast from the database runs for these).
+    by_tenant: HashMap<crate::types::TenantId, usize>,
 }
 
 impl Interest {
@@ -41,7 +43,21 @@ impl Interest {
             .or_default()
             .insert(room.clone())
         {
-            self.by_room.entry(room).or_default().push(peer.clone());
+            let peers = self.by_room.entry(room.clone()).or_default();
+            if peers.is_empty() {
+                *self.by_tenant.entry(room.tenant).or_default() += 1;
+            }
+            peers.push(peer.clone());
+        }
+    }
+
+    fn room_gone(&mut self, room: &RoomKey) {
+        self.by_room.remove(room);
+        if let Some(count) = self.by_tenant.get_mut(&room.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_tenant.remove(&room.tenant);
+            }
         }
     }
 
@@ -52,7 +68,7 @@ impl Interest {
         {
             peers.retain(|p| p != peer);
             if peers.is_empty() {
-                self.by_room.remove(room);
+                self.room_gone(room);
             }
         }
     }
@@ -63,7 +79,7 @@ impl Interest {
                 if let Some(peers) = self.by_room.get_mut(&room) {
                     peers.retain(|p| p != peer);
                     if peers.is_empty() {
-                        self.by_room.remove(&room);
+                        self.room_gone(&room);
                     }
                 }
             }
@@ -279,6 +295,18 @@ impl PeerFanout for PeerLinks {
     }
 }
 
+impl crate::db_broadcast::TenantInterest for PeerLinks {
+    fn tenants(&self) -> Vec<crate::types::TenantId> {
+        self.interest
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .by_tenant
+            .keys()
+            .cloned()
+            .collect()
+    }
+}
+
 impl PresenceReplication for PeerLinks {
     fn publish(&self, delta: &PresenceDelta) {
         let out = self.out();
@@ -353,6 +381,12 @@ mod tests {
         // Adding twice counts once.
         links.apply_interest("b", false, vec![room("3")], vec![]);
         assert_eq!(links.interested(&room("3")).len(), 1);
+        use crate::db_broadcast::TenantInterest;
+        assert_eq!(links.tenants(), vec![TenantId::new("t")]);
+        links.apply_interest("b", false, vec![], vec![room("3")]);
+        assert_eq!(links.tenants().len(), 1, "c still wants room 1");
+        links.apply_interest("c", true, vec![], vec![]);
+        assert!(links.tenants().is_empty(), "no room left: no tenant");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct ReplicationTarget {
     pub slot: SlotName,
     /// The publication whose tables are streamed (`supabase_realtime` by default).
     pub publication: String,
+    /// A temporary slot, created on the replication session itself (`CREATE_REPLICATION_SLOT
+    /// ... TEMPORARY`) and gone when the session ends: no retained WAL, no resumption. A slot
+    /// of that name that exists already is another node's (`SlotBeingUsed`, retried). Used by
+    /// Broadcast from the database; Postgres Changes uses a permanent slot (`false`).
+    pub temporary_slot: bool,
 }
 
 /// What a stream hands its consumer, in WAL order.

@@ -574,6 +574,7 @@ impl PostgresChanges {
             tls: settings.ssl_enforced,
             slot,
             publication: settings.publication.clone(),
+            temporary_slot: false,
         })
     }
 

@@ -530,6 +530,7 @@ mod tests {
                 vsn: Vsn::V2,
                 outbox,
                 reads: crate::hub::Reads::ALL,
+                replayed: None,
             },
         );
         (conn, rx)

@@ -306,6 +306,9 @@ impl Task {
         self.set_status(StreamStatus::Starting);
         let sql = sql::connect(&self.target, &self.shared.owner).await?;
         sql::check_publication(&sql, &self.target.publication).await?;
+        if self.target.temporary_slot {
+            return self.temporary_session(&sql, connected).await;
+        }
         let Ok(state) = self.prepare_slot(&sql).await? else {
             return Ok(Outcome::Stopped);
         };
@@ -347,6 +350,71 @@ impl Task {
         self.set_status(StreamStatus::Streaming { start_lsn: start });
         tracing::info!(slot = %self.target.slot, db = %self.target.dbname, %start, "replication stream started");
         self.stream(&sql, &mut repl, start).await
+    }
+
+    /// One session on a temporary slot: the replication connection creates the slot
+    /// (`CREATE_REPLICATION_SLOT ... TEMPORARY LOGICAL pgoutput`) and streams from the point
+    /// it was created at; the slot goes with the session. A slot of that name already there
+    /// belongs to another session (another node): `SlotBeingUsed`, retried with backoff.
+    async fn temporary_session(
+        &mut self,
+        sql: &tokio_postgres::Client,
+        connected: &mut bool,
+    ) -> Result<Outcome, ReplicationError> {
+        let tls = if self.target.tls {
+            TlsConfig::require()
+        } else {
+            TlsConfig::disabled()
+        };
+        // A new slot starts at its creation point: Postgres streams from there whatever
+        // earlier position START_REPLICATION names.
+        let config = pgwire_replication::ReplicationConfig::new(
+            self.target.host.clone(),
+            self.target.user.clone(),
+            self.target.password.expose(),
+            self.target.dbname.clone(),
+            self.target.slot.as_str(),
+            self.target.publication.clone(),
+        )
+        .with_port(self.target.port)
+        .with_tls(tls)
+        .with_start_lsn(Lsn::ZERO)
+        .with_ack_lsn(Lsn::ZERO)
+        .with_status_interval(self.config.status_interval)
+        .with_buffer_size(self.config.channel_capacity.get())
+        .with_application_name(APPLICATION_NAME);
+        let mut repl = ReplicationClient::connect_gated(config)
+            .await
+            .map_err(|e| self.stream_error(e))?;
+        let create = format!(
+            "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            self.target.slot
+        );
+        let rows = tokio::select! {
+            biased;
+            () = self.shared.stop.cancelled() => return Ok(Outcome::Stopped),
+            rows = repl.simple_query(&create) => rows.map_err(|e| self.stream_error(e))?,
+        };
+        let start = rows
+            .first()
+            .and_then(|row| row.get(1).cloned().flatten())
+            .and_then(|text| Lsn::parse(std::str::from_utf8(&text).ok()?).ok())
+            .unwrap_or(Lsn::ZERO);
+        self.stats.slots_created.fetch_add(1, Ordering::Relaxed);
+        repl.start().await.map_err(|e| self.stream_error(e))?;
+        tokio::select! {
+            biased;
+            () = self.shared.stop.cancelled() => {
+                repl.stop();
+                return Ok(Outcome::Stopped);
+            }
+            started = repl.wait_started() => started.map_err(|e| self.stream_error(e))?,
+        }
+        self.reportable = self.reportable.max(start);
+        *connected = true;
+        self.set_status(StreamStatus::Streaming { start_lsn: start });
+        tracing::info!(slot = %self.target.slot, db = %self.target.dbname, %start, "replication stream started on a temporary slot");
+        self.stream(sql, &mut repl, start).await
     }
 
     /// Makes sure the slot exists, is free and within the lag bound; recreates it (and tells
@@ -444,7 +512,9 @@ impl Task {
 
     fn stream_error(&self, e: PgWireError) -> ReplicationError {
         match e {
-            PgWireError::Server(message) if message.contains("SQLSTATE 55006") => {
+            PgWireError::Server(message)
+                if message.contains("SQLSTATE 55006") || message.contains("SQLSTATE 42710") =>
+            {
                 ReplicationError::SlotBeingUsed {
                     slot: self.target.slot.to_string(),
                     pid: None,
@@ -482,7 +552,9 @@ impl Task {
                         self.advance(repl);
                     }
                 }
-                _ = lag_check.tick() => {
+                // A temporary slot holds WAL only while this session lives and is confirmed
+                // as fast as the consumer goes: no lag bound to enforce.
+                _ = lag_check.tick(), if !self.target.temporary_slot => {
                     let over = match sql::slot_state(sql, &self.target.slot).await? {
                         None => true,
                         Some(state) => state
@@ -610,7 +682,7 @@ impl Task {
         // next stream on this slot (a restart, the next owner) does not find it busy.
         let slot = &self.target.slot;
         let released = sql::wait_inactive(sql, slot, RELEASE_WAIT).await;
-        if !sent {
+        if !sent && !self.target.temporary_slot {
             let advanced = match released {
                 Ok(()) => sql::advance_slot(sql, slot, self.reportable).await,
                 Err(e) => Err(e),
