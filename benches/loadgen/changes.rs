@@ -1058,7 +1058,6 @@ fn conn_config(o: &Opts, url: &str, token: String) -> Arc<ClientConfig> {
         source_ips: Vec::new(),
         heartbeat: Duration::from_secs_f64(o.heartbeat),
         spread_urls: Vec::new(),
-        private: false,
     })
 }
 

@@ -21,7 +21,7 @@ use tokio_postgres::NoTls;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{self, ClientConfig};
-use super::stats::sample_process;
+use super::stats::sample_processes;
 use super::wire::{self, Vsn};
 use super::{Opts, cpu_delta};
 
@@ -228,7 +228,7 @@ pub async fn run(o: &Opts) -> Result<(), String> {
 
     // Phase db.
     let base = counters.binary.load(Ordering::Relaxed);
-    let cpu0 = sample_process(o.server_pid);
+    let cpu0 = sample_processes(&o.server_pids);
     let t0 = Instant::now();
     let mut written = 0u64;
     while written < rows {
@@ -254,7 +254,7 @@ pub async fn run(o: &Opts) -> Result<(), String> {
         Duration::from_secs_f64(o.drain_max.max(30.0)),
     )
     .await;
-    let cpu_db = cpu_delta(cpu0, sample_process(o.server_pid));
+    let cpu_db = cpu_delta(cpu0, sample_processes(&o.server_pids));
     let secs_db = last.duration_since(t0).as_secs_f64();
     println!(
         "  db:   {rows} rows written in {wrote:.2} s ({:.0} rows/s); {got}/{expected} delivered in {secs_db:.2} s: {:.0} rows/s, {:.0} deliveries/s; server cpu {cpu_db:.2} s",
@@ -269,7 +269,7 @@ pub async fn run(o: &Opts) -> Result<(), String> {
     let endpoint = format!("{}/api/broadcast", http_base(&url)?);
     let body_pad = "x".repeat(o.payload);
     let base = counters.text.load(Ordering::Relaxed);
-    let cpu0 = sample_process(o.server_pid);
+    let cpu0 = sample_processes(&o.server_pids);
     let t0 = Instant::now();
     let mut sent = 0u64;
     while sent < rows {
@@ -305,7 +305,7 @@ pub async fn run(o: &Opts) -> Result<(), String> {
         Duration::from_secs_f64(o.drain_max.max(30.0)),
     )
     .await;
-    let cpu_http = cpu_delta(cpu0, sample_process(o.server_pid));
+    let cpu_http = cpu_delta(cpu0, sample_processes(&o.server_pids));
     let secs_http = last.duration_since(t0).as_secs_f64();
     println!(
         "  http: {rows} messages posted in {posted:.2} s; {got_http}/{expected} delivered in {secs_http:.2} s: {:.0} msgs/s, {:.0} deliveries/s; server cpu {cpu_http:.2} s",
