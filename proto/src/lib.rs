@@ -10,5 +10,6 @@ pub mod presence;
 
 pub use codec::{DecodeError, EncodeError, MAX_MESSAGE_BYTES, decode, encode};
 
-/// Version of the inter-node protocol this build speaks (added in 0.1.0).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version of the inter-node protocol this build speaks (added in 0.1.0). 2: `Request::Metrics`
+/// and `Response::Metrics`.
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -555,6 +555,7 @@ impl Session {
             &response,
         );
         tracing::debug!(tenant = %self.tenant.external_id, topic = %topic, conn = %self.conn, "channel joined");
+        crate::metrics::channel_joined();
         let registration = match changes {
             Some(Ok(prepared)) => {
                 let (registration, streaming) = prepared.register(

@@ -96,6 +96,7 @@ async fn run_admitted(transport: Arc<Transport>, admitted: Admitted, socket: Web
         vsn,
         permit,
     } = admitted;
+    let tally = crate::metrics::SocketTally::new(tenant.external_id.as_str());
     let (outbox, rx, signals) = outbox(transport.config.outbox_capacity);
     let conn = ConnId::next();
     let registration = transport.channels.hub.register_connection(
@@ -122,6 +123,7 @@ async fn run_admitted(transport: Arc<Transport>, admitted: Admitted, socket: Web
         signals,
         vsn,
         transport: transport.clone(),
+        tally,
     })
     .await;
     drop(registration);
