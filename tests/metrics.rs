@@ -55,7 +55,10 @@ fn parse_exposition(text: &str) -> Samples {
             family = Some((name.to_string(), kind.to_string()));
             continue;
         }
-        assert!(!line.starts_with('#') && !line.is_empty(), "stray line: {line:?}");
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line: {line:?}"
+        );
         let (name, rest) = match line.find(['{', ' ']) {
             Some(at) => line.split_at(at),
             None => panic!("sample without value: {line}"),
@@ -70,7 +73,10 @@ fn parse_exposition(text: &str) -> Samples {
             "sample {name} outside its family {fam}"
         );
         if kind == "counter" {
-            assert!(name.ends_with("_total"), "counter names end in _total: {name}");
+            assert!(
+                name.ends_with("_total"),
+                "counter names end in _total: {name}"
+            );
         }
         let mut labels = Vec::new();
         let mut rest = rest;
@@ -168,7 +174,10 @@ async fn scrape_ok(addr: SocketAddr, token: &str) -> Samples {
     let r = scrape(addr, Some(token)).await;
     assert_eq!(r.status(), 200);
     let content_type = r.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     parse_exposition(&r.text().await.unwrap())
 }
 
@@ -222,8 +231,14 @@ async fn metrics_need_the_token_and_their_series_follow_joins_broadcasts_and_ref
     // Two sockets join one channel; one broadcasts, the other receives.
     let mut a = connect(addr).await;
     let mut b = connect(addr).await;
-    assert_eq!(join(&mut a, "realtime:room", "1").await["payload"]["status"], "ok");
-    assert_eq!(join(&mut b, "realtime:room", "1").await["payload"]["status"], "ok");
+    assert_eq!(
+        join(&mut a, "realtime:room", "1").await["payload"]["status"],
+        "ok"
+    );
+    assert_eq!(
+        join(&mut b, "realtime:room", "1").await["payload"]["status"],
+        "ok"
+    );
     let payload = json!({"type": "broadcast", "event": "e", "payload": {"n": 1}});
     send_json(
         &mut a,
@@ -234,23 +249,43 @@ async fn metrics_need_the_token_and_their_series_follow_joins_broadcasts_and_ref
     assert_eq!(got["event"], "broadcast", "{got}");
 
     let after = scrape_ok(addr, &token).await;
-    let delta = |name: &str, with: &[(&str, &str)]| value(&after, name, with) - value(&before, name, with);
+    let delta =
+        |name: &str, with: &[(&str, &str)]| value(&after, name, with) - value(&before, name, with);
     assert_eq!(delta("realtime_channel_joins_total", &[]), 2.0);
     assert_eq!(value(&after, "realtime_connections", &[]), 2.0);
     assert_eq!(value(&after, "realtime_channels", &[]), 2.0);
     assert_eq!(value(&after, "realtime_rooms", &[]), 1.0);
-    assert_eq!(delta("realtime_messages_in_total", &[("kind", "phx_join")]), 2.0);
-    assert_eq!(delta("realtime_messages_in_total", &[("kind", "broadcast")]), 1.0);
+    assert_eq!(
+        delta("realtime_messages_in_total", &[("kind", "phx_join")]),
+        2.0
+    );
+    assert_eq!(
+        delta("realtime_messages_in_total", &[("kind", "broadcast")]),
+        1.0
+    );
     assert!(delta("realtime_messages_in_bytes_total", &[("kind", "broadcast")]) > 50.0);
-    assert_eq!(delta("realtime_messages_out_total", &[("kind", "broadcast")]), 1.0);
-    let out_bytes = delta("realtime_messages_out_bytes_total", &[("kind", "broadcast")]);
+    assert_eq!(
+        delta("realtime_messages_out_total", &[("kind", "broadcast")]),
+        1.0
+    );
+    let out_bytes = delta(
+        "realtime_messages_out_bytes_total",
+        &[("kind", "broadcast")],
+    );
     assert!(out_bytes > 50.0, "{out_bytes}");
     let tenant = [("tenant", SELF_HOST)];
     assert_eq!(value(&after, "realtime_tenant_connections", &tenant), 2.0);
     assert_eq!(value(&after, "realtime_tenant_channels", &tenant), 2.0);
     assert_eq!(delta("realtime_tenant_messages_out_total", &tenant), 1.0);
-    assert_eq!(delta("realtime_tenant_messages_out_bytes_total", &tenant), out_bytes);
-    assert_eq!(value(&after, "realtime_bus_peers", &[]), 0.0, "a node of one");
+    assert_eq!(
+        delta("realtime_tenant_messages_out_bytes_total", &tenant),
+        out_bytes
+    );
+    assert_eq!(
+        value(&after, "realtime_bus_peers", &[]),
+        0.0,
+        "a node of one"
+    );
 
     // A rate-limit hit: one channel per client, and a second join.
     let limited = reqwest::Client::new()
@@ -263,8 +298,7 @@ async fn metrics_need_the_token_and_their_series_follow_joins_broadcasts_and_ref
     assert_eq!(limited.status(), 200);
     let refused = join(&mut a, "realtime:second", "3").await;
     assert_eq!(
-        refused["payload"]["response"]["reason"],
-        "ChannelRateLimitReached: Too many channels",
+        refused["payload"]["response"]["reason"], "ChannelRateLimitReached: Too many channels",
         "{refused}"
     );
     let code = [("code", "ChannelRateLimitReached")];
@@ -272,7 +306,10 @@ async fn metrics_need_the_token_and_their_series_follow_joins_broadcasts_and_ref
     let moved = |name: &str| value(&limited, name, &code) - value(&after, name, &code);
     assert_eq!(moved("realtime_rate_limit_hits_total"), 1.0);
     assert_eq!(moved("realtime_errors_total"), 1.0);
-    assert_eq!(value(&limited, "realtime_channel_joins_total", &[]), value(&after, "realtime_channel_joins_total", &[]));
+    assert_eq!(
+        value(&limited, "realtime_channel_joins_total", &[]),
+        value(&after, "realtime_channel_joins_total", &[])
+    );
 
     // The region route: this node's region lists it, another region lists nobody.
     let region = |r: &'static str| {
@@ -302,7 +339,10 @@ async fn metrics_need_the_token_and_their_series_follow_joins_broadcasts_and_ref
         {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "sockets still counted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sockets still counted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
