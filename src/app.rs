@@ -137,10 +137,10 @@ impl RunningApp {
     }
 
     /// Stops the node in the order of docs/ARCHITECTURE.md ("Shutdown order"): stop accepting,
-    /// mark the node not ready (joins refused with `RealtimeRestarting`), close every socket with
-    /// 1001 after its channels' frames, stop background tasks, let in-flight HTTP requests finish,
-    /// close the tenant database pools, then close the metadata pool. The cluster steps (leave the cluster, release owned
-    /// streams, close the bus) slot in between as their subsystems arrive.
+    /// mark the node not ready (joins refused with `RealtimeRestarting`), leave the cluster,
+    /// release owned streams, drain every socket (a `system` disconnect to each channel, then
+    /// close 1012, so clients reconnect elsewhere), close the bus, stop background tasks, let
+    /// in-flight HTTP requests finish, close the tenant database pools, then the metadata pool.
     ///
     /// # Errors
     /// When the HTTP server failed or did not stop.
@@ -158,7 +158,8 @@ impl RunningApp {
         // 4. Release the streams: their positions are confirmed and their slots kept, so the
         //    next owner (or this node after a restart) resumes without loss.
         self.changes.shutdown(TASK_GRACE).await;
-        // 5. Drain the sockets: each tells its client (close 1001) and ends.
+        // 5. Drain the sockets: each tells its channels (`system` disconnect), closes with
+        //    1012 and ends.
         if !self.transport.shutdown(SOCKET_DRAIN_GRACE).await {
             tracing::warn!(
                 open = self.transport.sockets.open(),
@@ -417,9 +418,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             peers: peers.clone(),
             membership: membership.clone(),
         }),
+        draining: draining.clone(),
     };
     let router = api::router(state)
         .merge(api::broadcast_routes(broadcast_api))
+        .merge(crate::inspector::router())
         .layer(axum::middleware::from_fn_with_state(
             config.http.max_header_length,
             api::limit_header_length,

@@ -4,11 +4,11 @@
 //! | code | variant | when |
 //! |---|---|---|
 //! | 1000 | [`CloseCode::Normal`] | the socket had no channel for `NO_CHANNEL_TIMEOUT_IN_MS` |
-//! | 1001 | [`CloseCode::GoingAway`] | join refused with `TenantNotFound` or `ClientJoinRateLimitReached`; node shutting down |
+//! | 1001 | [`CloseCode::GoingAway`] | join refused with `TenantNotFound` or `ClientJoinRateLimitReached` |
 //! | 1007 | [`CloseCode::InvalidPayload`] | a text frame that is not valid UTF-8 |
 //! | 1009 | [`CloseCode::TooBig`] | a frame larger than `WS_MAX_FRAME_BYTES` |
 //! | 1011 | [`CloseCode::InternalError`] | a write failed or timed out (`WS_WRITE_TIMEOUT_MS`) |
-//! | 1012 | [`CloseCode::ServiceRestart`] | tenant-wide disconnect (tenant deleted, reloaded, or updated in its keys, `private_only` or `suspend`) |
+//! | 1012 | [`CloseCode::ServiceRestart`] | tenant-wide disconnect (tenant deleted, reloaded, or updated in its keys, `private_only` or `suspend`); node draining (shutting down) |
 //! | 4000 | [`CloseCode::IdleTimeout`] | no inbound frame for `WS_IDLE_TIMEOUT_MS` (the client stopped heartbeating) |
 //! | 4008 | [`CloseCode::SlowConsumer`] | slow consumer: the outbound queue (`WS_OUTBOX_CAPACITY`) overflowed |
 //!

@@ -17,8 +17,9 @@
 //!   [`tasks::Owner`]s).
 //! - `ring`: the consistent-hash ring over live members that names each tenant's stream owner
 //!   (pure; `RingOwnership` implements [`postgres_changes::replication::StreamOwnership`]).
-//! - L6 edges: `api` (axum: tenants API, health).
-//! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown.
+//! - L6 edges: `api` (axum: tenants API, health), `inspector` (the Realtime Inspector page).
+//! - L7 wiring: [`app`] builds every subsystem from `Config` and owns shutdown; [`probe`] is
+//!   the `realtime healthcheck` subcommand (a client of the node's own `/healthcheck`).
 //!
 //! See `docs/ARCHITECTURE.md` for the data flow and the seams later steps plug into.
 
@@ -34,12 +35,14 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub(crate) mod hub;
+pub(crate) mod inspector;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod peers;
 pub(crate) mod phoenix;
 pub mod postgres_changes;
 pub(crate) mod presence;
+pub mod probe;
 pub(crate) mod ring;
 pub mod tasks;
 pub(crate) mod telemetry;

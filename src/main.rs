@@ -6,5 +6,12 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // `realtime healthcheck`: the container health check (no curl in the image).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == realtime::probe::SUBCOMMAND)
+    {
+        return realtime::probe::healthcheck();
+    }
     realtime::app::main()
 }

@@ -199,3 +199,51 @@ fn unreachable_database_exits_non_zero_with_a_clear_message() {
     );
     assert!(!stderr.contains(common::ENC_KEY));
 }
+
+fn healthcheck(port: u16) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_realtime"))
+        .arg(realtime::probe::SUBCOMMAND)
+        .env_clear()
+        .env("PORT", port.to_string())
+        .output()
+        .expect("run realtime healthcheck")
+}
+
+/// `realtime healthcheck` (the image's HEALTHCHECK) exits 0 against a running node and 1 once
+/// it has stopped, or where nothing speaks HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_subcommand_follows_the_node() {
+    let (app, _db) = common::start_app(&[]).await;
+    let port = app.local_addr().port();
+    let out = tokio::task::spawn_blocking(move || healthcheck(port))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    app.shutdown().await.unwrap();
+    let out = tokio::task::spawn_blocking(move || healthcheck(port))
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+
+    // A listener that answers with something other than HTTP is unhealthy too.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut conn, b"SSH-2.0-not-http\r\n").unwrap();
+    });
+    let out = tokio::task::spawn_blocking(move || healthcheck(other))
+        .await
+        .unwrap();
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an HTTP response"));
+}

@@ -210,3 +210,30 @@ async fn a_peer_change_refreshes_the_cache_and_reaches_open_sockets() {
     );
     app.shutdown().await.unwrap();
 }
+
+/// A draining node (SIGTERM: `RunningApp::shutdown`) tells each joined channel with the same
+/// `system` message as a tenant-wide disconnect, then closes with 1012, so realtime-js
+/// reconnects (to another node, behind a load balancer) and rejoins.
+#[tokio::test]
+async fn a_draining_node_tells_every_channel_then_closes_with_1012() {
+    let app = common::ws::start_seeded(&[]).await;
+    let mut ws = connect(&app).await;
+    join(&mut ws, "realtime:a", "1").await;
+    join(&mut ws, "realtime:b", "2").await;
+    let stopping = tokio::spawn(app.shutdown());
+    let mut topics = Vec::new();
+    for _ in 0..2 {
+        let frame = recv_json(&mut ws).await;
+        let topic = frame[2].as_str().unwrap().to_string();
+        assert_eq!(
+            frame,
+            json!([null, null, topic, "system",
+                {"extension": "system", "status": "ok", "message": "Server requested disconnect"}])
+        );
+        topics.push(topic);
+    }
+    topics.sort();
+    assert_eq!(topics, ["realtime:a", "realtime:b"]);
+    assert_eq!(close_code(&mut ws).await, 1012);
+    stopping.await.unwrap().unwrap();
+}

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use testkit::ws::{Ws, connect_as};
+use testkit::ws::{Ws, connect_as, try_connect};
 use testkit::{API_SECRET, SELF_HOST, client_token};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// One frame the server sent, normalized.
 #[derive(Clone, Debug)]
@@ -169,6 +170,7 @@ pub struct Client {
     join_refs: HashMap<String, String>,
     presence: HashMap<String, PresenceView>,
     closed: bool,
+    close_code: Option<u16>,
     last_heartbeat: Instant,
 }
 
@@ -190,7 +192,36 @@ impl Client {
             join_refs: HashMap::new(),
             presence: HashMap::new(),
             closed: false,
+            close_code: None,
             last_heartbeat: Instant::now(),
+        }
+    }
+
+    /// Opens a new socket to `addr` in place of this one (which the server closed, or which is
+    /// dropped now), as the same tenant and user. The frames read so far are kept, so counts
+    /// span reconnects; channels and presence views are forgotten: join again.
+    ///
+    /// # Errors
+    /// When the connection or the WebSocket handshake fails (the old socket is kept then).
+    pub async fn reconnect(&mut self, addr: SocketAddr) -> Result<(), WsError> {
+        let token = client_token(API_SECRET, 3600);
+        let host = format!("{SELF_HOST}.localhost");
+        let query = format!("apikey={token}&vsn=2.0.0");
+        self.ws = try_connect(addr, &host, &query).await?;
+        self.closed = false;
+        self.close_code = None;
+        self.join_refs.clear();
+        self.presence.clear();
+        self.last_heartbeat = Instant::now();
+        Ok(())
+    }
+
+    /// The local address of the socket (what a proxy in front of the server sees as the
+    /// client's address).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self.ws.get_ref() {
+            MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok(),
+            _ => None,
         }
     }
 
@@ -200,10 +231,13 @@ impl Client {
     }
 
     async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
+        self.try_send(frame)
             .await
             .unwrap_or_else(|e| panic!("{}: send failed: {e}", self.label));
+    }
+
+    async fn try_send(&mut self, frame: Value) -> Result<(), WsError> {
+        self.ws.send(Message::text(frame.to_string())).await
     }
 
     /// Joins `sub_topic` with `config` (see [`join_config`]) and waits for an ok reply, whose
@@ -256,12 +290,27 @@ impl Client {
 
     /// Pushes a JSON broadcast of `event` with `payload` on joined channel `sub_topic`.
     pub async fn broadcast(&mut self, sub_topic: &str, event: &str, payload: Value) {
+        if let Err(e) = self.try_broadcast(sub_topic, event, payload).await {
+            panic!("{}: send failed: {e}", self.label);
+        }
+    }
+
+    /// Like [`Client::broadcast`], with a failed send (the socket is gone) as an `Err`.
+    ///
+    /// # Errors
+    /// What the socket said.
+    pub async fn try_broadcast(
+        &mut self,
+        sub_topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> Result<(), WsError> {
         let topic = topic(sub_topic);
         let join_ref = self.join_ref(&topic);
         let reference = self.next_ref();
-        self.send(json!([join_ref, reference, topic, "broadcast",
+        self.try_send(json!([join_ref, reference, topic, "broadcast",
             {"type": "broadcast", "event": event, "payload": payload}]))
-            .await;
+            .await
     }
 
     /// Tracks `meta` on joined channel `sub_topic` and waits for the ok reply.
@@ -324,8 +373,9 @@ impl Client {
                 _ => panic!("{}: not a v2 frame: {text}", self.label),
             },
             Message::Binary(bytes) => Some(decode_kind4(&bytes, at, &self.label)),
-            Message::Close(_) => {
+            Message::Close(close) => {
                 self.closed = true;
+                self.close_code = close.map(|c| u16::from(c.code));
                 None
             }
             _ => None,
@@ -418,6 +468,12 @@ impl Client {
     /// Whether the server closed the socket (or it broke).
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+
+    /// The code of the server's close frame, once one came (`None` too when the socket broke
+    /// without one).
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
     }
 
     /// The user payloads of the broadcasts of `event` received on `sub_topic`, in order.

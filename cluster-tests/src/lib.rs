@@ -57,6 +57,9 @@ pub struct ClusterInfo {
     pub members: Vec<MemberInfo>,
     /// Peers with an authenticated bus link.
     pub linked: Vec<String>,
+    /// The members of this node's hash ring (who may own a tenant's stream).
+    #[serde(default)]
+    pub ring: Vec<String>,
     /// Tenants whose Postgres Changes stream runs on this node.
     #[serde(default)]
     pub streams: Vec<String>,

@@ -4,6 +4,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use cluster_tests::proxy::EntryProxy;
@@ -38,7 +41,13 @@ fn named_backend(name: &'static str) -> SocketAddr {
 
 /// Connects through the proxy; returns the backend's name and checks the echo.
 fn ask(proxy: SocketAddr, n: usize) -> String {
+    ask_from(proxy, n).0
+}
+
+/// [`ask`], also returning the client socket's local address.
+fn ask_from(proxy: SocketAddr, n: usize) -> (String, SocketAddr) {
     let mut stream = TcpStream::connect(proxy).expect("connect to the proxy");
+    let local = stream.local_addr().expect("a local address");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .expect("a read timeout");
@@ -49,7 +58,7 @@ fn ask(proxy: SocketAddr, n: usize) -> String {
     let mut echo = String::new();
     reader.read_line(&mut echo).expect("the echo");
     assert_eq!(echo.trim(), format!("ping {n}"));
-    name.trim().to_string()
+    (name.trim().to_string(), local)
 }
 
 #[test]
@@ -64,6 +73,97 @@ fn connections_go_round_robin_and_skip_a_dead_backend() {
     let names: Vec<String> = (0..6).map(|n| ask(proxy.addr(), n)).collect();
     // Turns: a, dead→b, b, a, dead→b, b.
     assert_eq!(names, ["a", "b", "b", "a", "b", "b"]);
+}
+
+/// A backend like [`named_backend`] that can be stopped (its listener closed, so connections to
+/// its port are refused) and started again on the same port.
+struct Restartable {
+    name: &'static str,
+    addr: SocketAddr,
+    running: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+impl Restartable {
+    fn start(name: &'static str, addr: SocketAddr) -> Restartable {
+        let listener = TcpListener::bind(addr).expect("a backend listener");
+        let addr = listener.local_addr().expect("its address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { break };
+                let _ = writeln!(stream, "{name}");
+                let mut line = String::new();
+                let mut reader = BufReader::new(stream.try_clone().expect("a clone"));
+                if reader.read_line(&mut line).is_ok() {
+                    let _ = stream.write_all(line.as_bytes());
+                }
+            }
+        });
+        Restartable {
+            name,
+            addr,
+            running: Some((stop, thread)),
+        }
+    }
+
+    /// Closes the listener and waits until it is gone.
+    fn stop(&mut self) {
+        let (flag, thread) = self.running.take().expect("running");
+        flag.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept; the thread then drops the listener.
+        let _ = TcpStream::connect(self.addr);
+        thread.join().expect("the backend thread");
+    }
+
+    fn restart(&mut self) {
+        *self = Restartable::start(self.name, self.addr);
+    }
+}
+
+/// What a rolling restart does to the proxy: while one backend is down every connection goes
+/// to the others (a refused connect is skipped, never handed to the client), the route log says
+/// which backend each client got, and once it is back the rotation includes it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_stops_is_skipped_until_it_is_back() {
+    let mut backends = [
+        Restartable::start("a", any_port()),
+        Restartable::start("b", any_port()),
+        Restartable::start("c", any_port()),
+    ];
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let proxy = EntryProxy::start(proxy_bin(), any_port(), &addrs);
+    let routes = proxy.routes();
+    // Asks `count` times; checks that each route line names the backend that answered.
+    let round = |count: usize| {
+        let routes = routes.clone();
+        let addrs = addrs.clone();
+        let proxy = proxy.addr();
+        async move {
+            let mut names = Vec::new();
+            for n in 0..count {
+                let (name, local) = ask_from(proxy, n);
+                let backend = routes
+                    .backend_of(local, Duration::from_secs(2))
+                    .await
+                    .unwrap_or_else(|| panic!("no route line for {local}"));
+                let index = ["a", "b", "c"].iter().position(|b| *b == name);
+                assert_eq!(Some(backend), index.map(|i| addrs[i]), "{name}'s route");
+                names.push(name);
+            }
+            names
+        }
+    };
+    assert_eq!(round(3).await, ["a", "b", "c"]);
+    backends[1].stop();
+    // Turns 3..7: a, b (refused) → c, c, a.
+    assert_eq!(round(4).await, ["a", "c", "c", "a"]);
+    backends[1].restart();
+    // Turns 7..10: b, c, a.
+    assert_eq!(round(3).await, ["b", "c", "a"]);
 }
 
 #[test]

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub cluster: Arc<dyn ClusterStatus>,
     /// What `GET /metrics` serves.
     pub metrics: Arc<dyn ClusterMetrics>,
+    /// Set once shutdown has begun: `GET /healthcheck/ready` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The metrics text of the cluster's nodes, for `GET /metrics` (`METRICS_JWT_SECRET` token).
@@ -61,6 +63,8 @@ pub trait ClusterMetrics: Send + Sync + std::fmt::Debug {
 pub trait ClusterStatus: Send + Sync + std::fmt::Debug {
     /// A JSON object: `node`, `incarnation`, `members`, `linked`, `streams`, ...
     fn status(&self) -> serde_json::Value;
+    /// Whether this node has joined its cluster (`GET /healthcheck/ready`).
+    fn joined(&self) -> bool;
 }
 
 /// Builds the router of this module, served at `/` and at [`PATH_PREFIX`].

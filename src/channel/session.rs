@@ -1033,6 +1033,18 @@ impl Session {
 
     /// Tells every channel the server requested a disconnect; the socket then closes (1012).
     pub fn tenant_disconnect(&mut self, out: &mut Vec<Frame>) -> SessionControl {
+        self.disconnect_all(out, "server requested disconnect")
+    }
+
+    /// The node is draining (shutting down): every channel is told as in a tenant-wide
+    /// disconnect, and the socket closes with 1012, so the client reconnects (through a load
+    /// balancer, to another node) and rejoins.
+    pub fn node_draining(&mut self, out: &mut Vec<Frame>) -> SessionControl {
+        self.disconnect_all(out, "server shutting down")
+    }
+
+    /// The `system` disconnect message to every channel, then close 1012 with `reason`.
+    fn disconnect_all(&mut self, out: &mut Vec<Frame>, reason: &'static str) -> SessionControl {
         let topics: Vec<String> = self.channels.keys().cloned().collect();
         for topic in topics {
             self.push(
@@ -1046,7 +1058,7 @@ impl Session {
         }
         SessionControl::Close {
             code: CloseCode::ServiceRestart,
-            reason: "server requested disconnect",
+            reason,
         }
     }
 }

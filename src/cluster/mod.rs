@@ -23,7 +23,8 @@ mod view;
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use chitchat::transport::UdpTransport;
 use chitchat::{
@@ -76,6 +77,10 @@ fn gossip_cluster_id(config: &ClusterConfig) -> String {
         .collect();
     format!("{}/{hex}", config.cluster_id)
 }
+
+/// A node that finds no peer is ready anyway after this many `DNS_NODES_REFRESH_MS` periods
+/// (each one re-resolves the seeds and gossips to new addresses).
+pub(crate) const JOIN_WAIT_REFRESHES: u32 = 2;
 
 /// How long [`Membership::leave`] announces the leave at most.
 const LEAVE_ANNOUNCE_FOR: Duration = Duration::from_millis(500);
@@ -167,6 +172,23 @@ struct Gossip {
     owner: Owner,
     gossip_addr: SocketAddr,
     interval: Duration,
+    /// Seed addresses other than this node's own, at the last resolution (readiness).
+    other_seeds: Arc<AtomicUsize>,
+    /// When gossip started, and how long [`Membership::joined`] waits for a first peer.
+    started: Instant,
+    join_wait: Duration,
+}
+
+/// Whether a node has joined its cluster (readiness): it sees a live peer, or its seeds name no
+/// address but its own (the first node of a new cluster), or it has looked for `join_wait`
+/// without finding one: a node whose peers are all down still serves its clients.
+fn has_joined(
+    live_peers: usize,
+    other_seeds: usize,
+    waited: Duration,
+    join_wait: Duration,
+) -> bool {
+    live_peers > 0 || other_seeds == 0 || waited >= join_wait
 }
 
 impl Membership {
@@ -205,6 +227,7 @@ impl Membership {
         }
 
         let seed_addrs = resolve(&specs).await;
+        let started = Instant::now();
         let advertise_ip = match config.advertise_ip {
             Some(ip) => ip,
             None => default_advertise_ip(&seed_addrs, &config.node_name).await,
@@ -272,6 +295,9 @@ impl Membership {
         );
 
         let handle = Arc::new(Mutex::new(Some(handle)));
+        let other_seeds = Arc::new(AtomicUsize::new(
+            seed_addrs.iter().filter(|a| **a != gossip_addr).count(),
+        ));
         let owner = owner.child();
         owner.spawn(
             "membership live set",
@@ -284,7 +310,13 @@ impl Membership {
         );
         owner.spawn(
             "membership seed refresh",
-            refresh_seeds(specs, config.seed_refresh, gossip_addr, handle.clone()),
+            refresh_seeds(
+                specs,
+                config.seed_refresh,
+                gossip_addr,
+                handle.clone(),
+                other_seeds.clone(),
+            ),
         );
         Ok(Membership {
             me,
@@ -295,6 +327,9 @@ impl Membership {
                 owner,
                 gossip_addr,
                 interval: tuning.interval,
+                other_seeds,
+                started,
+                join_wait: JOIN_WAIT_REFRESHES * config.seed_refresh,
             }),
         })
     }
@@ -308,6 +343,22 @@ impl Membership {
     /// Returns the live members, this node included, sorted by node name.
     pub(crate) fn members(&self) -> Vec<Member> {
         self.view_tx.borrow().members().to_vec()
+    }
+
+    /// Whether this node has joined its cluster, for `GET /healthcheck/ready`: a cluster of
+    /// one always has; otherwise it sees a live peer, or its seeds resolve to no address but its
+    /// own, or it has waited [`JOIN_WAIT_REFRESHES`] seed refresh periods since gossip started.
+    pub(crate) fn joined(&self) -> bool {
+        let Some(gossip) = &self.gossip else {
+            return true;
+        };
+        let peers = self.view_tx.borrow().members().len().saturating_sub(1);
+        has_joined(
+            peers,
+            gossip.other_seeds.load(Ordering::Relaxed),
+            gossip.started.elapsed(),
+            gossip.join_wait,
+        )
     }
 
     /// Returns the view; it changes whenever the live set does.
@@ -502,6 +553,7 @@ async fn refresh_seeds(
     period: Duration,
     me: SocketAddr,
     handle: Arc<Mutex<Option<ChitchatHandle>>>,
+    other_seeds: Arc<AtomicUsize>,
 ) {
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -509,6 +561,10 @@ async fn refresh_seeds(
     loop {
         ticks.tick().await;
         let addrs = resolve(&specs).await;
+        other_seeds.store(
+            addrs.iter().filter(|a| **a != me).count(),
+            Ordering::Relaxed,
+        );
         let guard = handle.lock().await;
         let Some(handle) = guard.as_ref() else { return };
         let known: HashSet<SocketAddr> = handle

@@ -432,6 +432,39 @@ async fn members_with_bad_gossip_values_are_skipped() {
     a.shutdown().await;
 }
 
+/// Readiness: a node whose seeds name a peer that is down has not joined until that peer is up;
+/// a node seeded only with its own address has joined at once (the first node of a cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_has_joined_once_it_sees_a_peer_or_has_none_to_find() {
+    let [pa, pb, pc] = free_ports::<3>();
+    let first = start("first", 1, 2, pc, &[pc], "join-first").await;
+    assert!(first.joined(), "its seeds name only itself");
+
+    // The default DNS_NODES_REFRESH_MS (10 s) keeps the give-up wait far beyond this test.
+    let b = start("b", 1, 1, pb, &[pa, pb], "join").await;
+    assert!(!b.joined(), "its peer is not up yet");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!b.joined(), "still no peer after a few gossip rounds");
+    let a = start("a", 1, 0, pa, &[pa, pb], "join").await;
+    let took = wait_for("both have joined", CONVERGE_BOUND, || {
+        a.joined() && b.joined()
+    })
+    .await;
+    println!("joined {took:?} after the peer started");
+    for m in [&first, &a, &b] {
+        m.shutdown().await;
+    }
+}
+
+#[test]
+fn joining_waits_for_a_peer_at_most_the_join_wait() {
+    let wait = Duration::from_secs(20);
+    assert!(!has_joined(0, 2, Duration::from_secs(19), wait));
+    assert!(has_joined(1, 2, Duration::ZERO, wait), "a live peer");
+    assert!(has_joined(0, 0, Duration::ZERO, wait), "no other seed");
+    assert!(has_joined(0, 2, wait, wait), "gave up waiting");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_one_opens_no_socket() {
     let [port] = free_ports::<1>();
@@ -450,6 +483,7 @@ async fn a_cluster_of_one_opens_no_socket() {
     assert_eq!(solo.members(), [expected_member("solo", 7, 0)]);
     assert_eq!(solo.gossip_addr(), None);
     assert!(!solo.subscribe().borrow().is_empty());
+    assert!(solo.joined(), "a cluster of one is ready at once");
     solo.leave().await;
     solo.shutdown().await;
     assert!(owner.is_empty(), "nothing runs");

@@ -620,4 +620,8 @@ impl crate::api::ClusterStatus for ClusterStatusView {
     fn status(&self) -> serde_json::Value {
         self.peers.status(&self.membership)
     }
+
+    fn joined(&self) -> bool {
+        self.membership.joined()
+    }
 }

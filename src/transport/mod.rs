@@ -42,7 +42,7 @@ pub struct Transport {
     pub max_header_length: usize,
     /// Open sockets, capped at `MAX_CONNECTIONS`.
     pub sockets: Arc<OpenSockets>,
-    /// Owns every socket task: cancelling it closes the sockets with 1001.
+    /// Owns every socket task: cancelling it drains the sockets (`system` disconnect, close 1012).
     pub owner: Owner,
 }
 
@@ -55,8 +55,8 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    /// Closes every socket of this node (close code 1001 after the channels' frames) and waits
-    /// up to `grace` for their tasks to end. Returns false when some were still open.
+    /// Drains every socket of this node (a `system` disconnect to each channel, then close
+    /// 1012) and waits up to `grace` for their tasks to end. Returns false when some were still open.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.owner.shutdown(grace).await
     }

@@ -106,7 +106,7 @@ pub(super) async fn run_socket(params: SocketParams) {
         let control = tokio::select! {
             biased;
             () = &mut slow => SessionControl::Close { code: CloseCode::SlowConsumer, reason: "slow consumer" },
-            () = &mut shutdown => SessionControl::Close { code: CloseCode::GoingAway, reason: "server shutting down" },
+            () = &mut shutdown => session.node_draining(&mut out),
             item = rx.recv() => {
                 let mut control = SessionControl::Continue;
                 let mut next = item;

@@ -142,10 +142,13 @@ export function hostTransport(host, sockets) {
     constructor(url, protocols) {
       super(url, protocols, { headers: { host } });
       if (sockets) {
-        const rec = { ws: this, closeCode: null, closeReason: null, openedAt: null, closedAt: null, frames: [], sent: [] };
+        const rec = { ws: this, closeCode: null, closeReason: null, openedAt: null, localPort: null, closedAt: null, frames: [], sent: [] };
         sockets.push(rec);
         this._rec = rec;
-        this.on('open', () => (rec.openedAt = Date.now()));
+        this.on('open', () => {
+          rec.openedAt = Date.now();
+          rec.localPort = this._socket?.localPort ?? null;
+        });
         this.on('message', (data, isBinary) => rec.frames.push(parseFrame(isBinary ? Buffer.from(data) : data.toString())));
         this.on('close', (code, reason) => {
           rec.closeCode = code;
@@ -472,6 +475,81 @@ export function serverBinary() {
     throw new Error(`realtime binary not found (tried ${candidates.join(', ')}); build it or set REALTIME_BIN`);
   }
   return found;
+}
+
+/**
+ * The `entry_proxy` binary of `cluster-tests` (`ENTRY_PROXY_BIN`, else next to the server
+ * binary, else `$CARGO_TARGET_DIR/debug` or `<repo>/target/debug`).
+ */
+export function entryProxyBinary() {
+  if (process.env.ENTRY_PROXY_BIN) return process.env.ENTRY_PROXY_BIN;
+  const candidates = [
+    path.join(path.dirname(serverBinary()), 'entry_proxy'),
+    process.env.CARGO_TARGET_DIR && path.join(process.env.CARGO_TARGET_DIR, 'debug', 'entry_proxy'),
+    path.join(REPO, 'target', 'debug', 'entry_proxy'),
+  ].filter(Boolean);
+  const found = candidates.find((p) => fs.existsSync(p));
+  if (!found) {
+    throw new Error(`entry_proxy binary not found (tried ${candidates.join(', ')}); build it or set ENTRY_PROXY_BIN`);
+  }
+  return found;
+}
+
+/**
+ * Starts the entry proxy (round-robin TCP, a refused backend skipped) on a free port in front of
+ * `backendPorts` on 127.0.0.1. Returns `{ port, backendOf(localPort), log(), pass(), stop() }`:
+ * `backendOf` reads the proxy's route lines (client port → backend port), `log` is its stderr.
+ */
+export async function startEntryProxy(backendPorts) {
+  const args = ['--listen', '127.0.0.1:0', ...backendPorts.flatMap((p) => ['--backend', `127.0.0.1:${p}`])];
+  const child = spawn(entryProxyBinary(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const unhook = onExit(() => child.exitCode === null && child.kill('SIGKILL'));
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  const routes = new Map();
+  let log = '';
+  child.stderr.on('data', (d) => (log = (log + d).slice(-20_000)));
+  let pending = '';
+  let listening;
+  const port = new Promise((resolve) => (listening = resolve));
+  child.stdout.on('data', (d) => {
+    pending += d;
+    const lines = pending.split('\n');
+    pending = lines.pop();
+    for (const line of lines) {
+      const l = line.match(/^entry_proxy: listening on .*:(\d+)$/);
+      if (l) listening(Number(l[1]));
+      const r = line.match(/^entry_proxy: route .*:(\d+) -> .*:(\d+)$/);
+      if (r) routes.set(Number(r[1]), Number(r[2]));
+    }
+  });
+  const bound = await Promise.race([port, exited.then((code) => Promise.reject(new Error(`entry_proxy exited (${code}): ${log}`)))]);
+  const entry = {
+    port: bound,
+    backendOf: (localPort) => routes.get(localPort),
+    log: () => log,
+    /** One connection that carries nothing: moves the rotation one turn; resolves with the backend port it got. */
+    async pass() {
+      const s = net.connect(bound, '127.0.0.1');
+      await new Promise((resolve, reject) => {
+        s.once('connect', resolve);
+        s.once('error', reject);
+      });
+      try {
+        // Held open until the proxy has routed it.
+        return await waitUntil(() => routes.get(s.localPort), { label: 'the route of a pass-through connection' });
+      } finally {
+        s.destroy();
+      }
+    },
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        await exited;
+      }
+      unhook();
+    },
+  };
+  return entry;
 }
 
 export class Server {
@@ -814,6 +892,7 @@ export async function startCluster(n, { serverEnv = {} } = {}) {
   };
   await waitUntil(converged, { timeout: 30_000, interval: 100, label: `${n} nodes converged` });
   const clients = new Set();
+  let entry = null;
   const env = {
     pg: base.pg,
     nodes,
@@ -826,11 +905,35 @@ export async function startCluster(n, { serverEnv = {} } = {}) {
       const view = { ...base, server: nodes[on], host: (t) => env.host(t, on) };
       return base.createTenantVia(view, overrides);
     },
-    /** A realtime-js client connected to node `i`. */
-    client(i, { tenant, token, ...opts } = {}) {
+    /** A realtime-js client connected to node `i` (its sockets pushed to `sockets`, if given). */
+    client(i, { tenant, token, sockets, ...opts } = {}) {
       const h = env.host(tenant, i);
       const c = new RealtimeClient(`ws://127.0.0.1:${nodes[i].port}/realtime/v1`, {
-        transport: hostTransport(h),
+        transport: hostTransport(h, sockets),
+        fetch: hostFetch(h),
+        params: { apikey: token },
+        ...opts,
+      });
+      clients.add(c);
+      return c;
+    },
+    /** The entry proxy in front of every node (started on first use, stopped by `stop`). */
+    async entry() {
+      entry ??= await startEntryProxy(nodes.map((s) => s.port));
+      return entry;
+    },
+    /** The node index a socket recorded by `hostTransport` reached through the entry proxy. */
+    nodeOf(rec) {
+      const backend = entry?.backendOf(rec.localPort);
+      const i = nodes.findIndex((s) => s.port === backend);
+      return i < 0 ? undefined : i;
+    },
+    /** A realtime-js client that connects (and reconnects) through the entry proxy. */
+    async entryClient({ tenant, token, sockets, ...opts } = {}) {
+      const { port } = await env.entry();
+      const h = `${tenant}.localhost:${port}`;
+      const c = new RealtimeClient(`ws://127.0.0.1:${port}/realtime/v1`, {
+        transport: hostTransport(h, sockets),
         fetch: hostFetch(h),
         params: { apikey: token },
         ...opts,
@@ -844,6 +947,7 @@ export async function startCluster(n, { serverEnv = {} } = {}) {
     logTails: () => nodes.map((s, i) => `--- node-${i + 1}\n${s.logTail(80)}`).join('\n'),
     async stop() {
       await env.closeClients();
+      await entry?.stop();
       await Promise.all(nodes.map((s) => s.stop({ signal: 'SIGKILL' })));
       if (process.env.REALTIME_TEST_LOG) process.stderr.write(env.logTails() + '\n');
       base.pg.stop();

@@ -10,13 +10,17 @@
 //! side closes. Nothing is parsed, so WebSockets, HTTP and anything else pass through.
 //!
 //! Once listening it prints `entry_proxy: listening on <addr>` on stdout (a listen port of 0
-//! gets a free one). SIGINT or SIGTERM stops it: it stops accepting, ends every connection and
-//! exits.
+//! gets a free one); then, for each connection once its backend accepted and before any byte is
+//! copied, `entry_proxy: route <client addr> -> <backend addr>` (an access log: tests use it to
+//! know which node a client landed on). SIGINT or SIGTERM stops it: it stops accepting, ends
+//! every connection and exits.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use std::io::Write as _;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -92,6 +96,12 @@ async fn serve(mut client: TcpStream, backends: Arc<Backends>, stop: Cancellatio
         let _ = client.shutdown().await;
         return;
     };
+    if let Ok(peer) = client.peer_addr() {
+        // A closed stdout (nobody reads the log) must not end the connection: ignore errors.
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "entry_proxy: route {peer} -> {addr}");
+        let _ = out.flush();
+    }
     let _ = client.set_nodelay(true);
     let _ = backend.set_nodelay(true);
     tokio::select! {

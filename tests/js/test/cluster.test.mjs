@@ -2,11 +2,13 @@
 // realtime-js client on each node sees the others' broadcasts and presences as if they were on one
 // server: a broadcast reaches every other node's subscribers once; presence state converges; a
 // killed node's presences leave everywhere while the survivors keep talking; Postgres changes,
-// streamed by the one node the ring names, reach subscribers on all three.
+// streamed by the one node the ring names, reach subscribers on all three; a node that gets
+// SIGTERM tells its channels and closes with 1012, and realtime-js comes back through the entry
+// proxy on another node.
 
 import { describe, it, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { startCluster, tenantJwt, subscribed, collect, uid, waitUntil, sleep } from '../harness.mjs';
+import { startCluster, tenantJwt, subscribed, collect, track, uid, waitUntil, sleep } from '../harness.mjs';
 
 let env;
 let tenant;
@@ -26,6 +28,15 @@ afterEach(async () => {
 });
 
 const client = (i) => env.client(i, { tenant: tenant.externalId, token, heartbeatIntervalMs: 500 });
+
+/** The node (index) a socket reached through the entry proxy, once its route line is read. */
+async function nodeOf(rec) {
+  const [i] = await waitUntil(() => {
+    const i = env.nodeOf(rec);
+    return i === undefined ? null : [i];
+  }, { label: 'the route of a socket through the entry proxy' });
+  return i;
+}
 
 /** A channel with presence on (realtime-js enables presence for channels that listen to it). */
 function presenceChannel(c, room, key) {
@@ -123,6 +134,68 @@ describe('a cluster of three nodes', () => {
       await waitUntil(() => rows.length >= 20, { timeout: 15_000, label: `20 rows on node ${i + 1} (got ${rows})` });
       assert.deepEqual(rows, Array.from({ length: 20 }, (_, k) => k + 1), `node ${i + 1} in commit order, once each`);
     }
+  });
+
+  it('a channel on a node that gets SIGTERM is told, closed with 1012, and SUBSCRIBED again through the entry proxy on another node', async () => {
+    const room = uid('drain-');
+    const sockets = [];
+    const moving = await env.entryClient({ tenant: tenant.externalId, token, sockets, heartbeatIntervalMs: 500 });
+    const ch = moving.channel(room, { config: { broadcast: { self: false } } });
+    const events = [];
+    ch.on('system', {}, (p) => events.push({ kind: 'system', payload: p }));
+    ch.on('broadcast', { event: 'tick' }, (m) => events.push({ kind: 'tick', from: m.payload.from, n: m.payload.n }));
+    const t = track(ch);
+    await t.waitFor('SUBSCRIBED');
+    const k = await nodeOf(sockets[0]);
+    // A sender on each of the other two nodes: wherever the client lands, one of them is remote.
+    const senders = [];
+    for (const i of [0, 1, 2].filter((i) => i !== k)) {
+      const sch = client(i).channel(room, { config: { broadcast: { self: false } } });
+      await subscribed(sch);
+      senders.push({ i, ch: sch });
+    }
+    // Two connections through the proxy turn its rotation back to node k: the reconnect must
+    // then skip it (refused) and land on the node after it.
+    const entry = await env.entry();
+    for (const step of [1, 2]) assert.equal(await entry.pass(), env.nodes[(k + step) % 3].port, 'round-robin');
+    let n = 0;
+    const tick = async () => {
+      n += 1;
+      for (const s of senders) assert.equal(await s.ch.send({ type: 'broadcast', event: 'tick', payload: { from: s.i, n } }), 'ok');
+    };
+    const heardFromBoth = (since) => senders.every((s) => events.slice(since).some((e) => e.kind === 'tick' && e.from === s.i));
+    await waitUntil(async () => (await tick(), heardFromBoth(0)), { timeout: 10_000, interval: 100, label: 'ticks from both senders' });
+
+    const stoppedAt = Date.now();
+    const mark = events.length;
+    await env.nodes[k].stop({ signal: 'SIGTERM' });
+    assert.deepEqual(await env.nodes[k].exited, { code: 0, signal: null }, `node ${k + 1} exits 0 after SIGTERM`);
+    await waitUntil(() => sockets[0].closeCode !== null, { label: 'the first socket closed' });
+    assert.equal(sockets[0].closeCode, 1012, 'closed with 1012 (service restart)');
+    const system = events.slice(mark).filter((e) => e.kind === 'system');
+    assert.deepEqual(
+      system.map((e) => e.payload),
+      [{ extension: 'system', status: 'ok', message: 'Server requested disconnect' }],
+      'one system disconnect message on the channel',
+    );
+    const systemFrame = sockets[0].frames.findIndex((f) => f.event === 'system' && f.topic === `realtime:${room}`);
+    assert.ok(systemFrame >= 0, 'the system frame came on the closed socket, before its close');
+
+    // realtime-js reconnects on its own (its first retry after 1 s) through the proxy, which
+    // skips the stopped node, and rejoins the channel.
+    const rejoined = () => t.statuses.lastIndexOf('SUBSCRIBED') > 0;
+    await waitUntil(rejoined, { timeout: 15_000, label: `SUBSCRIBED again (statuses ${t.statuses})` });
+    const away = Date.now() - stoppedAt;
+    assert.equal(sockets.length, 2, 'exactly one new socket: the first reconnect succeeded');
+    const landed = await nodeOf(sockets[1]);
+    assert.equal(landed, (k + 1) % 3, 'the proxy skipped the stopped node for the next one');
+    assert.match(entry.log(), new RegExp(`backend 127\\.0\\.0\\.1:${env.nodes[k].port} refused`), 'the stopped node refused the connection');
+    const since = events.length;
+    await waitUntil(async () => (await tick(), heardFromBoth(since)), { timeout: 10_000, interval: 100, label: 'ticks from both senders after the rejoin' });
+    process.stderr.write(`drain: node ${k + 1} stopped; the channel was SUBSCRIBED again on node ${landed + 1} after ${away} ms (statuses ${t.statuses})\n`);
+
+    await env.nodes[k].start();
+    await waitUntil(env.converged, { timeout: 30_000, interval: 100, label: 'three nodes again' });
   });
 
   it("removes a killed node's presences everywhere, and the survivors keep receiving", async () => {
