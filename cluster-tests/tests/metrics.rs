@@ -26,9 +26,7 @@ async fn scrape(addr: SocketAddr, path: &str, token: &str) -> String {
 fn sample(text: &str, name: &str, node: &str) -> Option<f64> {
     let label = format!("node=\"{node}\"");
     text.lines()
-        .find(|l| {
-            l.split(['{', ' ']).next() == Some(name) && l.contains(&label)
-        })
+        .find(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(&label))
         .and_then(|l| l.rsplit(' ').next())
         .map(|v| v.parse().expect("a number"))
 }
@@ -39,7 +37,9 @@ async fn metrics_of_every_member_are_merged_and_regions_filter_them() {
     let other = nodes.add_node(&[("REGION", "r2")]).await;
     nodes.wait_converged(CONVERGE).await;
     let token = testkit::sign(&json!({"role": "metrics"}), SECRET);
-    let names: Vec<String> = (0..nodes.len()).map(|i| nodes.name(i).to_string()).collect();
+    let names: Vec<String> = (0..nodes.len())
+        .map(|i| nodes.name(i).to_string())
+        .collect();
 
     let all = scrape(nodes.addr(0), "/metrics", &token).await;
     for name in &names {
@@ -57,11 +57,20 @@ async fn metrics_of_every_member_are_merged_and_regions_filter_them() {
     );
 
     let r1 = scrape(nodes.addr(other), "/metrics/r1", &token).await;
-    assert!(sample(&r1, "realtime_connections", &names[0]).is_some(), "{r1}");
-    assert!(sample(&r1, "realtime_connections", &names[1]).is_some(), "{r1}");
+    assert!(
+        sample(&r1, "realtime_connections", &names[0]).is_some(),
+        "{r1}"
+    );
+    assert!(
+        sample(&r1, "realtime_connections", &names[1]).is_some(),
+        "{r1}"
+    );
     assert_eq!(sample(&r1, "realtime_connections", &names[other]), None);
     let r2 = scrape(nodes.addr(0), "/metrics/r2", &token).await;
-    assert!(sample(&r2, "realtime_connections", &names[other]).is_some(), "{r2}");
+    assert!(
+        sample(&r2, "realtime_connections", &names[other]).is_some(),
+        "{r2}"
+    );
     assert_eq!(sample(&r2, "realtime_connections", &names[0]), None);
 
     // A stopped member is no longer asked; the others still answer.
@@ -73,7 +82,10 @@ async fn metrics_of_every_member_are_merged_and_regions_filter_them() {
             assert!(sample(&all, "realtime_connections", &names[other]).is_some());
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "stopped node still listed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stopped node still listed"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -168,10 +168,6 @@ struct Registered {
     registry: Registry,
     channel_joins: IntCounter,
     channels: IntGauge,
-    messages_in: Vec<IntCounter>,
-    messages_in_bytes: Vec<IntCounter>,
-    messages_out: Vec<IntCounter>,
-    messages_out_bytes: Vec<IntCounter>,
     ownership_moves: Vec<IntCounter>,
     /// Indexed like [`ErrorCode::ALL`].
     errors: Vec<IntCounter>,
@@ -214,45 +210,7 @@ impl Registered {
                 .map(|l| vec.with_label_values(&[*l]))
                 .collect()
         };
-        let in_labels: Vec<_> = InKind::ALL.iter().map(|k| k.label()).collect();
-        let out_labels: Vec<_> = OutKind::ALL.iter().map(|k| k.label()).collect();
         let move_labels: Vec<_> = OwnershipMove::ALL.iter().map(|k| k.label()).collect();
-        let messages_in = per(
-            counter_vec(
-                &registry,
-                "realtime_messages_in_total",
-                "Client WebSocket frames received, by kind",
-                "kind",
-            ),
-            &in_labels,
-        );
-        let messages_in_bytes = per(
-            counter_vec(
-                &registry,
-                "realtime_messages_in_bytes_total",
-                "Bytes of client WebSocket frames received, by kind",
-                "kind",
-            ),
-            &in_labels,
-        );
-        let messages_out = per(
-            counter_vec(
-                &registry,
-                "realtime_messages_out_total",
-                "Fan-out messages queued to sockets (one per recipient channel), by kind",
-                "kind",
-            ),
-            &out_labels,
-        );
-        let messages_out_bytes = per(
-            counter_vec(
-                &registry,
-                "realtime_messages_out_bytes_total",
-                "Bytes of fan-out messages queued to sockets, by kind",
-                "kind",
-            ),
-            &out_labels,
-        );
         let ownership_moves = per(
             counter_vec(
                 &registry,
@@ -291,10 +249,6 @@ impl Registered {
             registry,
             channel_joins,
             channels,
-            messages_in,
-            messages_in_bytes,
-            messages_out,
-            messages_out_bytes,
             ownership_moves,
             errors,
             rate_limit_hits,
@@ -456,6 +410,30 @@ impl Snapshot {
     }
 }
 
+#[cfg(test)]
+impl Snapshot {
+    /// The sum of `name`'s samples whose labels include every pair of `with`.
+    pub(crate) fn value(&self, name: &str, with: &[(&str, &str)]) -> f64 {
+        self.families.get(name).map_or(0.0, |family| {
+            family
+                .get_metric()
+                .iter()
+                .filter(|m| {
+                    with.iter().all(|(k, v)| {
+                        m.get_label()
+                            .iter()
+                            .any(|l| l.name() == *k && l.value() == *v)
+                    })
+                })
+                .map(|m| match family.get_field_type() {
+                    MetricType::COUNTER => m.get_counter().get_value(),
+                    _ => m.get_gauge().get_value(),
+                })
+                .sum()
+        })
+    }
+}
+
 fn label(name: &str, value: &str) -> LabelPair {
     let mut pair = LabelPair::default();
     pair.set_name(name.to_string());
@@ -509,6 +487,7 @@ impl NodeMetrics {
     /// Renders this node's series in the Prometheus text format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut snapshot = Snapshot::default();
+        socket::sample_traffic(&mut snapshot);
         for sampler in self
             .samplers
             .lock()

@@ -1,19 +1,93 @@
-//! [`SocketTally`]: one socket's counts, added up locally per item and flushed into the
-//! registry's atomics once per batch, so the fan-out path pays no lookup per delivery.
+//! [`SocketTally`]: one socket's message counts, written only by its own task (a relaxed load
+//! and store per item: no read-modify-write, no shared cache line) and summed over the live
+//! sockets at scrape time. A closing socket adds its totals to the node's and its tenant's
+//! closed totals once, under the same lock the scrape takes, so no count is lost or doubled.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use super::tenants::TenantCounters;
-use super::{InKind, OutKind, registered};
+use super::{InKind, OutKind, Snapshot, registered};
+
+/// Message counts by kind.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    out: [AtomicU64; 3],
+    out_bytes: [AtomicU64; 3],
+    incoming: [AtomicU64; 7],
+    incoming_bytes: [AtomicU64; 7],
+}
+
+/// Adds `n` to a cell that only one task writes.
+#[inline]
+fn bump(cell: &AtomicU64, n: u64) {
+    cell.store(cell.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+fn load(cells: &[AtomicU64]) -> impl Iterator<Item = u64> + '_ {
+    cells.iter().map(|c| c.load(Ordering::Relaxed))
+}
+
+impl Counts {
+    /// Adds these counts to `into` (which several sockets may add to at once).
+    fn add_into(&self, into: &Counts) {
+        let pairs = [
+            (&self.out[..], &into.out[..]),
+            (&self.out_bytes[..], &into.out_bytes[..]),
+            (&self.incoming[..], &into.incoming[..]),
+            (&self.incoming_bytes[..], &into.incoming_bytes[..]),
+        ];
+        for (from, to) in pairs {
+            for (f, t) in from.iter().zip(to) {
+                t.fetch_add(f.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// (messages in, messages out, bytes out).
+    pub(crate) fn tenant_totals(&self) -> (u64, u64, u64) {
+        (
+            load(&self.incoming).sum(),
+            load(&self.out).sum(),
+            load(&self.out_bytes).sum(),
+        )
+    }
+}
+
+#[derive(Debug)]
+struct LiveSocket {
+    counts: Counts,
+    tenant: Arc<TenantCounters>,
+}
+
+/// The live sockets' counts, and the totals of the closed ones.
+struct Traffic {
+    next: u64,
+    live: HashMap<u64, Arc<LiveSocket>>,
+    closed: Counts,
+}
+
+// std Mutex: taken at socket start and end and once per scrape, never on the per-item path.
+static TRAFFIC: LazyLock<Mutex<Traffic>> = LazyLock::new(|| {
+    Mutex::new(Traffic {
+        next: 0,
+        live: HashMap::new(),
+        closed: Counts::default(),
+    })
+});
+
+fn traffic() -> MutexGuard<'static, Traffic> {
+    TRAFFIC.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A socket's contribution to the connection, channel and message series. Counts the socket
 /// as a connection of its tenant while it lives; dropping it takes the socket and its channels
-/// out again.
+/// out again and keeps its message counts in the closed totals.
 #[derive(Debug)]
 pub struct SocketTally {
-    tenant: Arc<TenantCounters>,
-    /// (messages, bytes) per [`OutKind`], not yet flushed.
-    out: [(u64, u64); 3],
+    id: u64,
+    socket: Arc<LiveSocket>,
     channels: i64,
 }
 
@@ -22,47 +96,35 @@ impl SocketTally {
     pub fn new(tenant: &str) -> SocketTally {
         let tenant = registered().tenants.handle(tenant);
         tenant.connections.inc();
-        SocketTally {
+        let socket = Arc::new(LiveSocket {
+            counts: Counts::default(),
             tenant,
-            out: [(0, 0); 3],
+        });
+        let mut traffic = traffic();
+        let id = traffic.next;
+        traffic.next += 1;
+        traffic.live.insert(id, socket.clone());
+        SocketTally {
+            id,
+            socket,
             channels: 0,
         }
     }
 
-    /// Counts one queued fan-out item of `bytes` (locally; see [`SocketTally::flush`]).
+    /// Counts one queued fan-out item of `bytes`.
     #[inline]
     pub fn outbound(&mut self, kind: OutKind, bytes: usize) {
-        let slot = &mut self.out[kind as usize];
-        slot.0 += 1;
-        slot.1 += bytes as u64;
-    }
-
-    /// Adds the fan-out counted since the last flush to the registry.
-    pub fn flush(&mut self) {
-        let metrics = registered();
-        let (mut messages, mut bytes) = (0, 0);
-        for (kind, slot) in self.out.iter_mut().enumerate() {
-            if slot.0 > 0 {
-                metrics.messages_out[kind].inc_by(slot.0);
-                metrics.messages_out_bytes[kind].inc_by(slot.1);
-                messages += slot.0;
-                bytes += slot.1;
-                *slot = (0, 0);
-            }
-        }
-        if messages > 0 {
-            self.tenant.messages_out.inc_by(messages);
-            self.tenant.messages_out_bytes.inc_by(bytes);
-        }
+        let counts = &self.socket.counts;
+        bump(&counts.out[kind as usize], 1);
+        bump(&counts.out_bytes[kind as usize], bytes as u64);
     }
 
     /// Counts one client frame (`topic`, `event`) of `bytes` on the wire.
     pub fn inbound(&mut self, topic: &str, event: &str, bytes: usize) {
-        let metrics = registered();
         let kind = InKind::of(topic, event) as usize;
-        metrics.messages_in[kind].inc();
-        metrics.messages_in_bytes[kind].inc_by(bytes as u64);
-        self.tenant.messages_in.inc();
+        let counts = &self.socket.counts;
+        bump(&counts.incoming[kind], 1);
+        bump(&counts.incoming_bytes[kind], bytes as u64);
     }
 
     /// Records the socket's current number of joined channels (cheap when unchanged).
@@ -72,7 +134,7 @@ impl SocketTally {
         if joined != self.channels {
             let delta = joined - self.channels;
             registered().channels.add(delta);
-            self.tenant.channels.add(delta);
+            self.socket.tenant.channels.add(delta);
             self.channels = joined;
         }
     }
@@ -80,9 +142,96 @@ impl SocketTally {
 
 impl Drop for SocketTally {
     fn drop(&mut self) {
-        self.flush();
+        {
+            let mut traffic = traffic();
+            traffic.live.remove(&self.id);
+            self.socket.counts.add_into(&traffic.closed);
+            self.socket.counts.add_into(&self.socket.tenant.closed);
+        }
         self.channels(0);
-        self.tenant.connections.dec();
+        self.socket.tenant.connections.dec();
+    }
+}
+
+/// Samples the message series: the closed totals plus every live socket's counts.
+pub(crate) fn sample_traffic(s: &mut Snapshot) {
+    let traffic = traffic();
+    let total = Counts::default();
+    traffic.closed.add_into(&total);
+    // Per tenant entry (by address): its closed totals plus its live sockets'.
+    let mut tenants: HashMap<*const TenantCounters, (Arc<TenantCounters>, (u64, u64, u64))> =
+        HashMap::new();
+    for tenant in registered().tenants.all() {
+        let closed = tenant.closed.tenant_totals();
+        tenants.insert(Arc::as_ptr(&tenant), (tenant, closed));
+    }
+    for socket in traffic.live.values() {
+        socket.counts.add_into(&total);
+        let (i, o, b) = socket.counts.tenant_totals();
+        let entry = tenants
+            .entry(Arc::as_ptr(&socket.tenant))
+            .or_insert_with(|| (socket.tenant.clone(), socket.tenant.closed.tenant_totals()));
+        entry.1.0 += i;
+        entry.1.1 += o;
+        entry.1.2 += b;
+    }
+    drop(traffic);
+    for (kind, (n, bytes)) in InKind::ALL
+        .iter()
+        .zip(load(&total.incoming).zip(load(&total.incoming_bytes)))
+    {
+        let labels = [("kind", kind.label())];
+        s.counter(
+            "realtime_messages_in_total",
+            "Client WebSocket frames received, by kind",
+            &labels,
+            n,
+        );
+        s.counter(
+            "realtime_messages_in_bytes_total",
+            "Bytes of client WebSocket frames received, by kind",
+            &labels,
+            bytes,
+        );
+    }
+    for (kind, (n, bytes)) in OutKind::ALL
+        .iter()
+        .zip(load(&total.out).zip(load(&total.out_bytes)))
+    {
+        let labels = [("kind", kind.label())];
+        s.counter(
+            "realtime_messages_out_total",
+            "Fan-out messages queued to sockets (one per recipient channel), by kind",
+            &labels,
+            n,
+        );
+        s.counter(
+            "realtime_messages_out_bytes_total",
+            "Bytes of fan-out messages queued to sockets, by kind",
+            &labels,
+            bytes,
+        );
+    }
+    for (tenant, (i, o, b)) in tenants.into_values() {
+        let labels = [("tenant", tenant.label.as_str())];
+        s.counter(
+            "realtime_tenant_messages_in_total",
+            "Client WebSocket frames received from a tenant's sockets",
+            &labels,
+            i,
+        );
+        s.counter(
+            "realtime_tenant_messages_out_total",
+            "Fan-out messages queued to a tenant's sockets",
+            &labels,
+            o,
+        );
+        s.counter(
+            "realtime_tenant_messages_out_bytes_total",
+            "Bytes of fan-out messages queued to a tenant's sockets",
+            &labels,
+            b,
+        );
     }
 }
 
@@ -90,27 +239,43 @@ impl Drop for SocketTally {
 mod tests {
     use super::*;
 
+    fn tenant_out(s: &Snapshot, tenant: &str) -> f64 {
+        s.value("realtime_tenant_messages_out_total", &[("tenant", tenant)])
+    }
+
     #[test]
-    fn a_socket_counts_its_tenant_until_dropped() {
+    fn a_socket_counts_while_open_and_its_totals_stay_after_it_closes() {
         let mut tally = SocketTally::new("tally-tenant");
-        let tenant = tally.tenant.clone();
+        let tenant = tally.socket.tenant.clone();
         assert_eq!(tenant.connections.get(), 1);
         tally.channels(2);
         tally.outbound(OutKind::Broadcast, 10);
         tally.outbound(OutKind::Presence, 5);
-        assert_eq!(
-            tenant.messages_out.get(),
-            0,
-            "counted locally until the flush"
-        );
-        tally.flush();
-        assert_eq!(tenant.messages_out.get(), 2);
-        assert_eq!(tenant.messages_out_bytes.get(), 15);
         tally.inbound("realtime:r", "broadcast", 30);
-        assert_eq!(tenant.messages_in.get(), 1);
+        let mut open = Snapshot::default();
+        sample_traffic(&mut open);
+        assert_eq!(tenant_out(&open, "tally-tenant"), 2.0);
+        assert_eq!(
+            open.value(
+                "realtime_tenant_messages_out_bytes_total",
+                &[("tenant", "tally-tenant")]
+            ),
+            15.0
+        );
         assert_eq!(tenant.channels.get(), 2);
         drop(tally);
         assert_eq!(tenant.connections.get(), 0);
         assert_eq!(tenant.channels.get(), 0);
+        let mut closed = Snapshot::default();
+        sample_traffic(&mut closed);
+        assert_eq!(
+            tenant_out(&closed, "tally-tenant"),
+            2.0,
+            "kept after the close"
+        );
+        assert!(
+            closed.value("realtime_messages_out_total", &[("kind", "broadcast")])
+                >= open.value("realtime_messages_out_total", &[("kind", "broadcast")])
+        );
     }
 }

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntGauge, IntGaugeVec, Opts, Registry};
+
+use super::socket::Counts;
 
 /// Most tenants with series of their own on one node.
 pub const TENANT_SERIES_MAX: usize = 200;
@@ -20,20 +22,22 @@ pub const OTHER_TENANTS: &str = "(other)";
 /// One tenant's counter handles.
 #[derive(Debug)]
 pub(crate) struct TenantCounters {
+    /// Its `tenant` label.
+    pub(crate) label: String,
     pub(crate) connections: IntGauge,
     pub(crate) channels: IntGauge,
-    pub(crate) messages_in: IntCounter,
-    pub(crate) messages_out: IntCounter,
-    pub(crate) messages_out_bytes: IntCounter,
+    /// Message counts of the tenant's closed sockets (live ones are summed at scrape).
+    pub(crate) closed: Counts,
     /// Set by label lookups (sampled series), cleared by each clean.
     touched: AtomicBool,
-    /// `messages_in + messages_out` at the previous clean.
+    /// Closed sockets' message totals at the previous clean.
     seen: AtomicU64,
 }
 
 impl TenantCounters {
     fn activity(&self) -> u64 {
-        self.messages_in.get() + self.messages_out.get()
+        let (i, o, _) = self.closed.tenant_totals();
+        i + o
     }
 }
 
@@ -41,19 +45,15 @@ impl TenantCounters {
 struct Vecs {
     connections: IntGaugeVec,
     channels: IntGaugeVec,
-    messages_in: IntCounterVec,
-    messages_out: IntCounterVec,
-    messages_out_bytes: IntCounterVec,
 }
 
 impl Vecs {
     fn counters(&self, label: &str) -> TenantCounters {
         TenantCounters {
+            label: label.to_string(),
             connections: self.connections.with_label_values(&[label]),
             channels: self.channels.with_label_values(&[label]),
-            messages_in: self.messages_in.with_label_values(&[label]),
-            messages_out: self.messages_out.with_label_values(&[label]),
-            messages_out_bytes: self.messages_out_bytes.with_label_values(&[label]),
+            closed: Counts::default(),
             touched: AtomicBool::new(true),
             seen: AtomicU64::new(0),
         }
@@ -63,9 +63,6 @@ impl Vecs {
         // Err only when the series was never created; nothing to remove then.
         let _ = self.connections.remove_label_values(&[label]);
         let _ = self.channels.remove_label_values(&[label]);
-        let _ = self.messages_in.remove_label_values(&[label]);
-        let _ = self.messages_out.remove_label_values(&[label]);
-        let _ = self.messages_out_bytes.remove_label_values(&[label]);
     }
 }
 
@@ -86,10 +83,6 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
     vec
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str) -> IntCounterVec {
-    super::counter_vec(registry, name, help, "tenant")
-}
-
 impl TenantSeries {
     pub(crate) fn new(registry: &Registry) -> TenantSeries {
         let vecs = Vecs {
@@ -102,21 +95,6 @@ impl TenantSeries {
                 registry,
                 "realtime_tenant_channels",
                 "Joined channels of a tenant's sockets",
-            ),
-            messages_in: counter_vec(
-                registry,
-                "realtime_tenant_messages_in_total",
-                "Client WebSocket frames received from a tenant's sockets",
-            ),
-            messages_out: counter_vec(
-                registry,
-                "realtime_tenant_messages_out_total",
-                "Fan-out messages queued to a tenant's sockets",
-            ),
-            messages_out_bytes: counter_vec(
-                registry,
-                "realtime_tenant_messages_out_bytes_total",
-                "Bytes of fan-out messages queued to a tenant's sockets",
             ),
         };
         let other = Arc::new(vecs.counters(OTHER_TENANTS));
@@ -144,6 +122,13 @@ impl TenantSeries {
         let counters = Arc::new(self.vecs.counters(tenant));
         tenants.insert(tenant.to_string(), counters.clone());
         counters
+    }
+
+    /// Every entry, the folded one included.
+    pub(crate) fn all(&self) -> Vec<Arc<TenantCounters>> {
+        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        all.push(self.other.clone());
+        all
     }
 
     /// The label of `tenant` for sampled series (its own or [`OTHER_TENANTS`]).
@@ -195,14 +180,13 @@ mod tests {
         assert!(Arc::ptr_eq(&late, &series.other), "past the cap: folded");
         assert_eq!(series.label("late"), OTHER_TENANTS);
         assert_eq!(series.label("t1"), "t1");
-        late.messages_out.inc();
 
         // Held by sockets: kept however idle.
         assert_eq!(series.clean(), 0);
         assert_eq!(series.clean(), 0);
         drop(held);
         // Touched (created) since the previous clean: kept once more.
-        series.handle("t0").messages_in.inc();
+        series.handle("t0").channels.inc();
         assert_eq!(
             series.clean(),
             TENANT_SERIES_MAX - 1,
@@ -211,7 +195,7 @@ mod tests {
         let names: Vec<String> = registry
             .gather()
             .iter()
-            .filter(|f| f.name() == "realtime_tenant_messages_in_total")
+            .filter(|f| f.name() == "realtime_tenant_channels")
             .flat_map(|f| {
                 f.get_metric()
                     .iter()

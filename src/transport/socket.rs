@@ -129,7 +129,6 @@ pub(super) async fn run_socket(params: SocketParams) {
                     }
                 }
                 session.after_fanout_batch(&mut out);
-                tally.flush();
                 control
             }
             prepared = session.prepared_join(), if session.has_pending_join() => {
