@@ -2,15 +2,16 @@
 //! once, followed by the samples of every node (each node labels its own series with `node`,
 //! so no two samples collide).
 
+/// A family being merged: name, `# HELP` line, `# TYPE` line, samples.
+type Family = (String, Option<String>, Option<String>, Vec<String>);
+
 /// Merges Prometheus text expositions (as [`super::NodeMetrics::render`] writes them) into one,
 /// families in order of first appearance. Samples that appear before any `# TYPE` line of
 /// theirs are kept under an untyped family of their own name.
 pub fn merge_expositions<S: AsRef<str>>(texts: &[S]) -> String {
-    // (name, help line, type line, samples)
-    let mut families: Vec<(String, Option<String>, Option<String>, Vec<String>)> = Vec::new();
+    let mut families: Vec<Family> = Vec::new();
     let mut position = std::collections::HashMap::<String, usize>::new();
-    let mut find = |families: &mut Vec<(String, Option<String>, Option<String>, Vec<String>)>,
-                    name: &str| {
+    let mut find = |families: &mut Vec<Family>, name: &str| {
         *position.entry(name.to_string()).or_insert_with(|| {
             families.push((name.to_string(), None, None, Vec::new()));
             families.len() - 1

@@ -153,14 +153,16 @@ impl Drop for SocketTally {
     }
 }
 
+/// A tenant entry and its (messages in, messages out, bytes out).
+type TenantSums = (Arc<TenantCounters>, (u64, u64, u64));
+
 /// Samples the message series: the closed totals plus every live socket's counts.
 pub(crate) fn sample_traffic(s: &mut Snapshot) {
     let traffic = traffic();
     let total = Counts::default();
     traffic.closed.add_into(&total);
     // Per tenant entry (by address): its closed totals plus its live sockets'.
-    let mut tenants: HashMap<*const TenantCounters, (Arc<TenantCounters>, (u64, u64, u64))> =
-        HashMap::new();
+    let mut tenants: HashMap<*const TenantCounters, TenantSums> = HashMap::new();
     for tenant in registered().tenants.all() {
         let closed = tenant.closed.tenant_totals();
         tenants.insert(Arc::as_ptr(&tenant), (tenant, closed));
