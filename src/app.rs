@@ -28,9 +28,10 @@ use crate::db_broadcast::{DbBroadcast, DbBroadcastDeps, NodeInterest, TenantInte
 use crate::hub::Hub;
 use crate::janitor::Janitor;
 use crate::limits::{Limits, LimitsConfig};
+use crate::metrics::{Fold, NodeMetrics, Snapshot};
 use crate::peers::changes::ChangeRouter;
 use crate::peers::links::PeerLinks;
-use crate::peers::{ClusterStatusView, Peers, PeersParts};
+use crate::peers::{ClusterMetricsView, ClusterStatusView, Peers, PeersParts};
 use crate::postgres_changes::replication::StreamOwnership;
 use crate::postgres_changes::service::PostgresChanges;
 use crate::presence::{NoReplication, Presence, PresenceReplication};
@@ -335,6 +336,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         )
         .start(&background);
     }
+    background.spawn(
+        "metrics cleaner",
+        clean_idle_metrics(config.metrics_cleaner_schedule_timer),
+    );
     let broadcast_api = Arc::new(api::BroadcastApi {
         tokens: tokens.clone(),
         tenants: tenants.clone(),
@@ -353,12 +358,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
 
     // The cluster: peers (bus handler), the bus, then membership advertising the bus.
     let cluster = owner.child();
+    let node_metrics = Arc::new(NodeMetrics::new(
+        config.cluster.node_name.as_str(),
+        config.region.as_deref(),
+    ));
     let peers = Peers::new(
         PeersParts {
             me: node.clone(),
             links: links.clone(),
             broadcaster: broadcaster.clone(),
-            presence,
+            presence: presence.clone(),
             changes: Arc::new(ChangeRouter::new(
                 changes.clone(),
                 links.clone(),
@@ -367,8 +376,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             )),
             ring: ring.clone(),
             tenants: tenants.clone(),
+            metrics: node_metrics.clone(),
         },
         &cluster,
+    );
+    add_samplers(
+        &node_metrics,
+        Sampled {
+            transport: transport.clone(),
+            hub: hub.clone(),
+            presence: presence.clone(),
+            changes: changes.clone(),
+            peers: peers.clone(),
+        },
     );
     let unspecified = |port| SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port);
     let bus = if clustered {
@@ -429,6 +449,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         region: config.region.as_deref().map(Arc::from),
         body_limit: config.http.max_body_bytes,
         cluster: Arc::new(ClusterStatusView {
+            peers: peers.clone(),
+            membership: membership.clone(),
+        }),
+        metrics: Arc::new(ClusterMetricsView {
             peers: peers.clone(),
             membership: membership.clone(),
         }),
@@ -526,6 +550,108 @@ async fn disconnect_on_tenant_changes(tenants: Tenants, hub: Arc<Hub>) {
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// What the scrape-time samplers read.
+struct Sampled {
+    transport: Arc<Transport>,
+    hub: Arc<Hub>,
+    presence: Arc<Presence>,
+    changes: PostgresChanges,
+    peers: Arc<Peers>,
+}
+
+/// Registers the samplers that read each subsystem's own counters at scrape time.
+fn add_samplers(metrics: &NodeMetrics, parts: Sampled) {
+    let Sampled {
+        transport,
+        hub,
+        presence,
+        changes,
+        peers,
+    } = parts;
+    metrics.add_sampler(Box::new(move |s: &mut Snapshot| {
+        s.gauge(
+            "realtime_connections",
+            "Open WebSocket connections (handshakes in progress included)",
+            &[],
+            transport.sockets.open() as f64,
+        );
+        s.gauge(
+            "realtime_rooms",
+            "Rooms with local subscribers",
+            &[],
+            hub.room_count() as f64,
+        );
+        s.gauge(
+            "realtime_presence_entries",
+            "Presence entries known to this node, every node's included",
+            &[],
+            presence.entry_count() as f64,
+        );
+        s.gauge(
+            "realtime_presence_local_channels",
+            "Channels of this node that track a presence",
+            &[],
+            presence.local_count() as f64,
+        );
+        let lags = changes.replication_lags();
+        s.gauge(
+            "realtime_replication_streams",
+            "Tenant replication streams this node owns and runs",
+            &[],
+            changes.running_streams().len() as f64,
+        );
+        for (tenant, lag) in lags {
+            let label = crate::metrics::tenant_label(tenant.as_str());
+            s.gauge_fold(
+                "realtime_replication_lag_bytes",
+                "WAL between the server's end and the position confirmed for an owned tenant's slot",
+                &[("tenant", &label)],
+                lag as f64,
+                Fold::Max,
+            );
+        }
+        let stats = changes.replication_stats();
+        s.counter(
+            "realtime_replication_slots_created_total",
+            "Replication slots created",
+            &[],
+            stats.slots_created(),
+        );
+        s.counter(
+            "realtime_replication_slots_dropped_total",
+            "Replication slots dropped",
+            &[],
+            stats.slots_dropped(),
+        );
+        s.counter(
+            "realtime_replication_lag_exceeded_total",
+            "Slots recreated for holding back too much WAL (changes lost)",
+            &[],
+            stats.lag_exceeded(),
+        );
+        s.counter(
+            "realtime_replication_reconnects_total",
+            "Failed replication connection attempts and broken streams",
+            &[],
+            stats.reconnects(),
+        );
+        peers.sample(s);
+    }));
+}
+
+/// Removes the per-tenant series of tenants without activity, every `period`
+/// (`METRICS_CLEANER_SCHEDULE_TIMER_IN_MS`).
+async fn clean_idle_metrics(period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let removed = crate::metrics::clean_idle_tenants();
+        tracing::debug!(removed, "idle tenants' metrics removed");
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! # Module map (layers, lowest first; imports point down only)
 //! - L0 base: [`types`] (ids), [`error`] (operational `ErrorCode`), [`close_code`] (WebSocket
-//!   close codes), [`config`] (typed `Config` from the environment), [`telemetry`] (logging).
+//!   close codes), [`config`] (typed `Config` from the environment), [`telemetry`] (logging),
+//!   `metrics` (the Prometheus registry, counters bumped by other modules, `/metrics` text).
 //! - L1 pure logic: [`limits`] (per-tenant rate counters, token buckets, client presence window;
 //!   the clock is an argument), [`presence::crdt`] (the presence CRDT).
 //! - L2 outside world: `db` (metadata Postgres pool and `_realtime` migrations), `tenants`
@@ -41,6 +42,7 @@ pub(crate) mod hub;
 pub(crate) mod inspector;
 pub mod janitor;
 pub(crate) mod limits;
+pub(crate) mod metrics;
 pub(crate) mod peers;
 pub(crate) mod phoenix;
 pub mod postgres_changes;

@@ -136,6 +136,8 @@ pub enum Request {
     PresenceSync(PresenceDigest),
     /// Liveness and round-trip probe.
     Ping,
+    /// The answering node's metrics, as Prometheus text (added in protocol version 2).
+    Metrics,
 }
 
 /// The answer to a [`Request`].
@@ -147,6 +149,9 @@ pub enum Response {
     Pong,
     /// The request failed on the answering node, with the reason (`ErrorOnRpcCall`).
     Error(String),
+    /// Answer to [`Request::Metrics`]: the node's series, each labelled with its `node`
+    /// (added in protocol version 2).
+    Metrics(String),
 }
 
 /// A presence digest: per node the lowest live incarnation, per replica its contiguous

@@ -1,4 +1,5 @@
-//! The HTTP edge (axum): the tenants management API, node and tenant health, `/api/ping`.
+//! The HTTP edge (axum): the tenants management API, node and tenant health, `/api/ping`,
+//! `/metrics`.
 //!
 //! [`router`] builds every route of this module over an [`ApiState`], served both at the root
 //! and under `/realtime/v1`. `app` merges other routers (broadcast API, WebSocket) next to it.
@@ -8,6 +9,7 @@
 mod broadcast;
 mod header_limit;
 mod health;
+mod metrics;
 mod rejection;
 mod tenants;
 
@@ -44,8 +46,17 @@ pub struct ApiState {
     pub body_limit: usize,
     /// What `GET /api/cluster` shows.
     pub cluster: Arc<dyn ClusterStatus>,
+    /// What `GET /metrics` serves.
+    pub metrics: Arc<dyn ClusterMetrics>,
     /// Set once shutdown has begun: `GET /healthcheck/ready` answers 503 from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The metrics text of the cluster's nodes, for `GET /metrics` (`METRICS_JWT_SECRET` token).
+pub trait ClusterMetrics: Send + Sync + std::fmt::Debug {
+    /// Every live node's series (`region: None`) or those of the nodes in `region`, merged
+    /// into one Prometheus text. Nodes that do not answer are left out (and logged).
+    fn gather(&self, region: Option<String>) -> futures::future::BoxFuture<'static, String>;
 }
 
 /// The cluster as this node sees it, for `GET /api/cluster` (management token required).
@@ -60,7 +71,8 @@ pub trait ClusterStatus: Send + Sync + std::fmt::Debug {
 pub fn router(state: ApiState) -> Router {
     let routes = Router::new()
         .merge(tenants::routes(&state))
-        .merge(health::routes());
+        .merge(health::routes())
+        .merge(metrics::routes(&state));
     Router::new()
         .merge(routes.clone())
         .nest(PATH_PREFIX, routes)

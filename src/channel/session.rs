@@ -851,6 +851,7 @@ impl Session {
             &response,
         );
         tracing::debug!(tenant = %self.tenant.external_id, topic = %topic, conn = %self.conn, "channel joined");
+        crate::metrics::channel_joined();
         self.push_replay(join_ref.as_deref(), &topic, replay, out);
         let registration = match changes {
             Some(Ok(prepared)) => {

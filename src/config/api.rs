@@ -19,7 +19,7 @@ pub struct ApiConfig {
     pub jwt_secret_next: Option<Secret>,
     /// `API_TOKEN_BLOCKLIST`: comma-separated tokens refused by the management API.
     pub token_blocklist: Vec<Secret>,
-    /// `METRICS_JWT_SECRET`: signs the bearer tokens of `/metrics`. Default none (`/metrics` open).
+    /// `METRICS_JWT_SECRET`: signs the bearer tokens of `/metrics`. Default none (`/metrics` answers 403).
     pub metrics_jwt_secret: Option<Secret>,
     /// `SECRET_KEY_BASE`: accepted for compatibility; this server keeps no signed cookies.
     pub secret_key_base: Option<Secret>,

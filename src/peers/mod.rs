@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::broadcast::Broadcaster;
 use crate::bus::{Bus, BusHandler};
 use crate::cluster::{Membership, MembershipEvent};
+use crate::metrics::{NodeMetrics, Snapshot};
 use crate::presence::Presence;
 use crate::ring::RingOwnership;
 use crate::tasks::Owner;
@@ -48,6 +49,8 @@ pub(crate) struct Peers {
     presence: Arc<Presence>,
     changes: Arc<ChangeRouter>,
     ring: Arc<RingOwnership>,
+    /// This node's metrics, for peers' `Request::Metrics`.
+    metrics: Arc<NodeMetrics>,
     /// Tenant changes from peers, applied in order by one task.
     tenant_tx: mpsc::Sender<TenantEvent>,
     /// Peers to run anti-entropy with now (a link just came up).
@@ -78,6 +81,8 @@ pub(crate) struct PeersParts {
     pub(crate) ring: Arc<RingOwnership>,
     /// The tenant registry.
     pub(crate) tenants: Tenants,
+    /// This node's metrics (answers peers' `Request::Metrics`).
+    pub(crate) metrics: Arc<NodeMetrics>,
 }
 
 impl Peers {
@@ -93,6 +98,7 @@ impl Peers {
             presence: parts.presence,
             changes: parts.changes,
             ring: parts.ring,
+            metrics: parts.metrics,
             tenant_tx,
             sync_tx,
         });
@@ -271,6 +277,7 @@ impl BusHandler for Peers {
     fn request(&self, from: &NodeRun, request: Request) -> Response {
         match request {
             Request::Ping => Response::Pong,
+            Request::Metrics => Response::Metrics(self.metrics.render()),
             Request::PresenceSync(digest) => match wire::digest_from_wire(digest) {
                 Ok(digest) => match self.presence.delta_for(&digest) {
                     None => Response::PresenceSync(None),
@@ -430,6 +437,183 @@ pub(crate) struct ClusterStatusView {
     pub(crate) peers: Arc<Peers>,
     /// This node's membership.
     pub(crate) membership: Arc<Membership>,
+}
+
+/// `GET /metrics[/:region]` across the cluster: this node's text and each live member's,
+/// asked over the bus (`Request::Metrics`), merged family by family.
+#[derive(Debug)]
+pub(crate) struct ClusterMetricsView {
+    /// This node's peers (and through them the bus, when clustered).
+    pub(crate) peers: Arc<Peers>,
+    /// This node's membership.
+    pub(crate) membership: Arc<Membership>,
+}
+
+impl crate::api::ClusterMetrics for ClusterMetricsView {
+    fn gather(&self, region: Option<String>) -> futures::future::BoxFuture<'static, String> {
+        let peers = self.peers.clone();
+        let membership = self.membership.clone();
+        Box::pin(async move {
+            let in_region = |r: Option<&str>| region.is_none() || region.as_deref() == r;
+            let mut texts = Vec::new();
+            if in_region(peers.metrics.region()) {
+                texts.push(peers.metrics.render());
+            }
+            let Some(bus) = peers.links.bus().cloned() else {
+                return crate::metrics::merge_expositions(&texts);
+            };
+            let asked = membership
+                .members()
+                .into_iter()
+                .filter(|m| m.node.node != peers.me.node && in_region(m.region.as_deref()));
+            let answers = futures::future::join_all(asked.map(|member| {
+                let bus = bus.clone();
+                async move {
+                    let name = member.node.node.as_str().to_string();
+                    (bus.request(&name, Request::Metrics).await, name)
+                }
+            }))
+            .await;
+            for (answer, node) in answers {
+                match answer {
+                    Ok(Response::Metrics(text)) => texts.push(text),
+                    Ok(other) => {
+                        tracing::warn!(error_code = %crate::error::ErrorCode::ErrorOnRpcCall, %node, answer = ?other,
+                            "a peer answered the metrics request with something else; its series are left out");
+                    }
+                    Err(err) => {
+                        tracing::warn!(error_code = %crate::error::OperationalError::code(&err), %node, error = %err,
+                            "a peer's metrics could not be fetched; its series are left out");
+                    }
+                }
+            }
+            crate::metrics::merge_expositions(&texts)
+        })
+    }
+}
+
+impl Peers {
+    /// Samples the bus links, their queues and the peer traffic counters for `/metrics`.
+    pub(crate) fn sample(&self, s: &mut Snapshot) {
+        let stats = &self.links.stats;
+        let counters = [
+            (
+                "realtime_peer_broadcasts_out_total",
+                "Broadcasts forwarded to peers",
+                &stats.broadcasts_out,
+            ),
+            (
+                "realtime_peer_broadcasts_in_total",
+                "Broadcasts received from peers",
+                &stats.broadcasts_in,
+            ),
+            (
+                "realtime_peer_presence_out_total",
+                "Presence deltas sent to peers",
+                &stats.presence_out,
+            ),
+            (
+                "realtime_peer_not_queued_total",
+                "Frames for peers that could not be queued",
+                &stats.not_queued,
+            ),
+            (
+                "realtime_peer_invalid_in_total",
+                "Frames from peers refused as invalid",
+                &stats.invalid_in,
+            ),
+        ];
+        for (name, help, value) in counters {
+            s.counter(name, help, &[], value.load(Ordering::Relaxed));
+        }
+        let Some(bus) = self.links.bus() else {
+            s.gauge("realtime_bus_peers", "Peers linked over the bus", &[], 0.0);
+            return;
+        };
+        let b = bus.stats();
+        s.gauge(
+            "realtime_bus_peers",
+            "Peers linked over the bus",
+            &[],
+            b.peers.len() as f64,
+        );
+        s.counter(
+            "realtime_bus_frames_sent_total",
+            "Frames written to peers",
+            &[],
+            b.frames_sent,
+        );
+        s.counter(
+            "realtime_bus_sent_bytes_total",
+            "Bytes written to peers",
+            &[],
+            b.bytes_sent,
+        );
+        s.counter(
+            "realtime_bus_frames_received_total",
+            "Frames read from peers",
+            &[],
+            b.frames_received,
+        );
+        s.counter(
+            "realtime_bus_received_bytes_total",
+            "Bytes read from peers",
+            &[],
+            b.bytes_received,
+        );
+        s.counter(
+            "realtime_bus_frames_dropped_total",
+            "Frames dropped on a full peer queue",
+            &[],
+            b.frames_dropped,
+        );
+        s.counter(
+            "realtime_bus_handshakes_refused_total",
+            "Bus handshakes refused by either side",
+            &[],
+            b.handshakes_refused,
+        );
+        s.counter(
+            "realtime_bus_invalid_frames_total",
+            "Bus links closed for an invalid frame",
+            &[],
+            b.invalid_frames,
+        );
+        for p in &b.peers {
+            let peer = [("peer", p.peer.name.as_str())];
+            s.gauge(
+                "realtime_bus_peer_queue_depth",
+                "Frames queued for a peer and not yet written",
+                &peer,
+                p.queue_depth as f64,
+            );
+            s.counter(
+                "realtime_bus_peer_frames_sent_total",
+                "Frames written to one peer",
+                &peer,
+                p.frames_sent,
+            );
+            s.counter(
+                "realtime_bus_peer_frames_received_total",
+                "Frames read from one peer",
+                &peer,
+                p.frames_received,
+            );
+            s.counter(
+                "realtime_bus_peer_frames_dropped_total",
+                "Frames dropped on one peer's full queue",
+                &peer,
+                p.frames_dropped,
+            );
+        }
+        let ring = self.ring.ring();
+        s.gauge(
+            "realtime_ring_members",
+            "Members of the stream-ownership ring",
+            &[],
+            ring.members().len() as f64,
+        );
+    }
 }
 
 impl crate::api::ClusterStatus for ClusterStatusView {

@@ -631,6 +631,11 @@ impl Feeds {
                     continue;
                 }
             };
+            crate::metrics::ownership_moved(match (&current, &wanted_owner) {
+                (None, _) => crate::metrics::OwnershipMove::Released,
+                (Some(_), None) => crate::metrics::OwnershipMove::Acquired,
+                (Some(_), Some(_)) => crate::metrics::OwnershipMove::Followed,
+            });
             let old = std::mem::replace(&mut feed.source, new_source);
             match old {
                 Source::Local { pump, .. } => {

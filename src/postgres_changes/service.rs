@@ -370,6 +370,18 @@ impl PostgresChanges {
         self.shared.streams.feeds.local_tenants()
     }
 
+    /// The replication lag in bytes of each stream this node runs.
+    pub(crate) fn replication_lags(&self) -> Vec<(TenantId, u64)> {
+        self.shared.streams.manager.lags()
+    }
+
+    /// The counters of this node's replication streams.
+    pub(crate) fn replication_stats(
+        &self,
+    ) -> &crate::postgres_changes::replication::ReplicationStats {
+        self.shared.streams.manager.stats()
+    }
+
     /// Stops the consumers and the streams (positions confirmed, slots kept).
     pub(crate) async fn shutdown(&self, grace: Duration) {
         self.shared.streams.manager.shutdown().await;

@@ -607,6 +607,15 @@ impl<R: Clone + Eq + Hash> State<R> {
     pub fn room_count(&self) -> usize {
         self.index.len()
     }
+
+    /// Returns the number of visible entries, every replica's included.
+    pub fn entry_count(&self) -> usize {
+        self.index
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(BTreeSet::len)
+            .sum()
+    }
 }
 
 /// Renders the `phx_ref` of the entry `counter` of `replica` (used for `phx_ref_prev`).

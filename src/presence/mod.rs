@@ -464,12 +464,14 @@ impl Presence {
     }
 
     /// Returns the number of channels of this node that track a presence.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "cluster step: presence replication over the bus")
-    )]
     pub fn local_count(&self) -> usize {
         self.lock().local.len()
+    }
+
+    /// Returns the number of presence entries this node knows, every node's replica included
+    /// (O(rooms × keys), for metrics).
+    pub fn entry_count(&self) -> usize {
+        self.lock().state.entry_count()
     }
 }
 

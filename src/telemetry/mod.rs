@@ -1,9 +1,12 @@
 //! Logging set-up: a `tracing` subscriber filtered by `LOG_LEVEL` (or `RUST_LOG`).
 //!
 //! Errors are logged with their operational code as the structured field `error_code`, e.g.
-//! `tracing::warn!(error_code = %code, "...")`. The Prometheus registry will live here too.
+//! `tracing::warn!(error_code = %code, "...")`. Those events are also counted by code into
+//! the metrics (`metrics::log_codes`), whatever the log level.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::Config;
 
@@ -15,8 +18,14 @@ pub fn init_logging(config: &Config) {
         .unwrap_or_else(|| config.log_level.as_directive().to_string());
     let filter = EnvFilter::try_new(&directive)
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.as_directive()));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true)
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(true)
+                .with_filter(filter),
+        )
+        .with(
+            crate::metrics::log_codes::CodeCounter.with_filter(crate::metrics::log_codes::HasCode),
+        )
         .try_init();
 }

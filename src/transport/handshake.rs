@@ -108,6 +108,7 @@ async fn run_admitted(
         vsn,
         permit,
     } = admitted;
+    let tally = crate::metrics::SocketTally::new(tenant.external_id.as_str());
     let (outbox, rx, signals) = outbox(transport.config.outbox_capacity);
     let conn = ConnId::next();
     let registration = transport.channels.hub.register_connection(
@@ -135,6 +136,7 @@ async fn run_admitted(
         signals,
         vsn,
         transport: transport.clone(),
+        tally,
     })
     .await;
     drop(registration);

@@ -16,6 +16,7 @@ use crate::close_code::CloseCode;
 use crate::error::ErrorCode;
 use crate::hub::{ConnSignals, Frame, Outbound};
 use crate::limits::TokenBucket;
+use crate::metrics::{OutKind, SocketTally};
 use crate::phoenix::{self, Vsn};
 
 /// Most queued items handled before the writes are flushed.
@@ -28,6 +29,8 @@ pub(super) struct SocketParams {
     pub signals: Arc<ConnSignals>,
     pub vsn: Vsn,
     pub transport: Arc<Transport>,
+    /// The socket's connection, channel and message counts (`metrics`).
+    pub tally: SocketTally,
 }
 
 fn to_message(frame: Frame) -> Option<Message> {
@@ -35,6 +38,15 @@ fn to_message(frame: Frame) -> Option<Message> {
         // Text frames are built from Rust strings by the encoders; the check cannot fail.
         Frame::Text(bytes) => Utf8Bytes::try_from(bytes).ok().map(Message::Text),
         Frame::Binary(bytes) => Some(Message::Binary(bytes)),
+    }
+}
+
+/// The metrics' name of a fan-out kind.
+fn out_kind(kind: crate::hub::FanoutKind) -> OutKind {
+    match kind {
+        crate::hub::FanoutKind::Broadcast => OutKind::Broadcast,
+        crate::hub::FanoutKind::Presence => OutKind::Presence,
+        crate::hub::FanoutKind::PostgresChanges => OutKind::PostgresChanges,
     }
 }
 
@@ -53,6 +65,7 @@ pub(super) async fn run_socket(params: SocketParams) {
         signals,
         vsn,
         transport,
+        mut tally,
     } = params;
     let (mut sink, mut stream) = socket.split();
     let config = &transport.config;
@@ -100,7 +113,10 @@ pub(super) async fn run_socket(params: SocketParams) {
                 let mut handled = 0;
                 while let Some(item) = next.take() {
                     match item {
-                        Outbound::Fanout { slot, kind, frame } => session.fanout(slot, kind, frame, &mut out),
+                        Outbound::Fanout { slot, kind, frame } => {
+                            tally.outbound(out_kind(kind), frame.len());
+                            session.fanout(slot, kind, frame, &mut out);
+                        }
                         Outbound::TenantUpdated(tenant) => session.tenant_updated(tenant),
                         Outbound::TenantDisconnect => {
                             control = session.tenant_disconnect(&mut out);
@@ -159,8 +175,16 @@ pub(super) async fn run_socket(params: SocketParams) {
                                 Message::Binary(bytes) => phoenix::decode_binary(vsn, bytes),
                                 _ => continue,
                             };
+                            let len = match &message {
+                                Message::Text(text) => text.len(),
+                                Message::Binary(bytes) => bytes.len(),
+                                _ => 0,
+                            };
                             match decoded {
-                                Ok(inbound) => session.handle(inbound, &mut out),
+                                Ok(inbound) => {
+                                    tally.inbound(&inbound.topic, &inbound.event, len);
+                                    session.handle(inbound, &mut out)
+                                }
                                 Err(err) => {
                                     tracing::info!(error_code = %err.code(), error = %err, "dropped a malformed frame");
                                     SessionControl::Continue
@@ -183,6 +207,7 @@ pub(super) async fn run_socket(params: SocketParams) {
             }
         };
         let was_empty = empty_since.is_some();
+        tally.channels(session.channel_count());
         if session.channel_count() == 0 {
             empty_since.get_or_insert_with(Instant::now);
         } else {

@@ -232,6 +232,19 @@ impl StreamManager {
         running
     }
 
+    /// The replication lag of every running stream that knows it ([`StreamHandle::lag_bytes`]).
+    pub fn lags(&self) -> Vec<(TenantId, u64)> {
+        self.entries()
+            .iter()
+            .filter_map(|(tenant, entry)| match entry {
+                Entry::Running { handle, .. } => {
+                    handle.lag_bytes().map(|lag| (tenant.clone(), lag))
+                }
+                Entry::Retained { .. } => None,
+            })
+            .collect()
+    }
+
     /// Whether `tenant`'s stream is stopped and its slot kept for a resubscription.
     pub fn is_retained(&self, tenant: &TenantId) -> bool {
         matches!(self.entries().get(tenant), Some(Entry::Retained { .. }))

@@ -103,6 +103,8 @@ impl TenantStream {
         let shared = Arc::new(Shared {
             slot: target.slot.clone(),
             confirmed,
+            server_end: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
             status: watch::channel(StreamStatus::Starting).0,
             stop: CancellationToken::new(),
             owner: owner.clone(),
@@ -128,6 +130,10 @@ impl TenantStream {
 struct Shared {
     slot: SlotName,
     confirmed: watch::Sender<Lsn>,
+    /// The server's WAL end, as its last keepalive or data message said (0: not yet known).
+    server_end: AtomicU64,
+    /// The position last reported to the server as applied (the slot's flush position).
+    reported: AtomicU64,
     status: watch::Sender<StreamStatus>,
     stop: CancellationToken,
     owner: Owner,
@@ -161,6 +167,13 @@ impl StreamHandle {
     /// The highest position confirmed so far.
     pub fn confirmed(&self) -> Lsn {
         *self.shared.confirmed.borrow()
+    }
+
+    /// How far the position reported to the server trails the server's WAL end, in bytes
+    /// (`None` until the server has sent its position). This is the slot's replication lag.
+    pub fn lag_bytes(&self) -> Option<u64> {
+        let end = self.shared.server_end.load(Ordering::Relaxed);
+        (end > 0).then(|| end.saturating_sub(self.shared.reported.load(Ordering::Relaxed)))
     }
 
     /// The stream's current status.
@@ -314,6 +327,7 @@ impl Task {
         };
         let start = state.confirmed_flush.max(self.reportable);
         self.reportable = start;
+        self.shared.reported.store(start.0, Ordering::Relaxed);
 
         let tls = if self.target.tls {
             TlsConfig::require()
@@ -615,11 +629,19 @@ impl Task {
                 commit_ts: pg_time(commit_time_micros),
             }),
             ReplicationEvent::XLogData {
-                wal_start, data, ..
-            } => Some(StreamEvent::Data {
-                lsn: wal_start,
-                bytes: data,
-            }),
+                wal_start,
+                wal_end,
+                data,
+                ..
+            } => {
+                self.shared
+                    .server_end
+                    .fetch_max(wal_end.0, Ordering::Relaxed);
+                Some(StreamEvent::Data {
+                    lsn: wal_start,
+                    bytes: data,
+                })
+            }
             ReplicationEvent::Commit {
                 lsn,
                 end_lsn,
@@ -641,12 +663,16 @@ impl Task {
                 content,
             }),
             ReplicationEvent::KeepAlive { wal_end, .. } => {
+                self.shared
+                    .server_end
+                    .fetch_max(wal_end.0, Ordering::Relaxed);
                 // Between transactions, with every handed-out commit confirmed, nothing
                 // downstream waits for WAL before the server's position: report it, so a
                 // tenant whose writes are all outside the publication does not pin WAL.
                 let caught_up = *self.confirmed_rx.borrow() >= self.last_commit_end;
                 if !self.in_txn && caught_up && wal_end > self.reportable {
                     self.reportable = wal_end;
+                    self.shared.reported.store(wal_end.0, Ordering::Relaxed);
                     repl.update_applied_lsn(wal_end);
                 }
                 None
@@ -661,6 +687,7 @@ impl Task {
         let position = confirmed.min(self.last_commit_end);
         if position > self.reportable {
             self.reportable = position;
+            self.shared.reported.store(position.0, Ordering::Relaxed);
             repl.update_applied_lsn(position);
         }
     }
