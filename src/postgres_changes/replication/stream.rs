@@ -329,26 +329,7 @@ impl Task {
         self.reportable = start;
         self.shared.reported.store(start.0, Ordering::Relaxed);
 
-        let tls = if self.target.tls {
-            TlsConfig::require()
-        } else {
-            TlsConfig::disabled()
-        };
-        let config = pgwire_replication::ReplicationConfig::new(
-            self.target.host.clone(),
-            self.target.user.clone(),
-            self.target.password.expose(),
-            self.target.dbname.clone(),
-            self.target.slot.as_str(),
-            self.target.publication.clone(),
-        )
-        .with_port(self.target.port)
-        .with_tls(tls)
-        .with_start_lsn(start)
-        .with_ack_lsn(start)
-        .with_status_interval(self.config.status_interval)
-        .with_buffer_size(self.config.channel_capacity.get())
-        .with_application_name(APPLICATION_NAME);
+        let config = self.replication_config(start);
         let mut repl = ReplicationClient::connect(config)
             .await
             .map_err(|e| self.stream_error(e))?;
@@ -366,23 +347,15 @@ impl Task {
         self.stream(&sql, &mut repl, start).await
     }
 
-    /// One session on a temporary slot: the replication connection creates the slot
-    /// (`CREATE_REPLICATION_SLOT ... TEMPORARY LOGICAL pgoutput`) and streams from the point
-    /// it was created at; the slot goes with the session. A slot of that name already there
-    /// belongs to another session (another node): `SlotBeingUsed`, retried with backoff.
-    async fn temporary_session(
-        &mut self,
-        sql: &tokio_postgres::Client,
-        connected: &mut bool,
-    ) -> Result<Outcome, ReplicationError> {
+    /// The replication connection's settings for this target, starting (and acknowledging)
+    /// at `start`.
+    fn replication_config(&self, start: Lsn) -> pgwire_replication::ReplicationConfig {
         let tls = if self.target.tls {
             TlsConfig::require()
         } else {
             TlsConfig::disabled()
         };
-        // A new slot starts at its creation point: Postgres streams from there whatever
-        // earlier position START_REPLICATION names.
-        let config = pgwire_replication::ReplicationConfig::new(
+        pgwire_replication::ReplicationConfig::new(
             self.target.host.clone(),
             self.target.user.clone(),
             self.target.password.expose(),
@@ -392,11 +365,25 @@ impl Task {
         )
         .with_port(self.target.port)
         .with_tls(tls)
-        .with_start_lsn(Lsn::ZERO)
-        .with_ack_lsn(Lsn::ZERO)
+        .with_start_lsn(start)
+        .with_ack_lsn(start)
         .with_status_interval(self.config.status_interval)
         .with_buffer_size(self.config.channel_capacity.get())
-        .with_application_name(APPLICATION_NAME);
+        .with_application_name(APPLICATION_NAME)
+    }
+
+    /// One session on a temporary slot: the replication connection creates the slot
+    /// (`CREATE_REPLICATION_SLOT ... TEMPORARY LOGICAL pgoutput`) and streams from the point
+    /// it was created at; the slot goes with the session. A slot of that name already there
+    /// belongs to another session (another node): `SlotBeingUsed`, retried with backoff.
+    async fn temporary_session(
+        &mut self,
+        sql: &tokio_postgres::Client,
+        connected: &mut bool,
+    ) -> Result<Outcome, ReplicationError> {
+        // A new slot starts at its creation point: Postgres streams from there whatever
+        // earlier position START_REPLICATION names.
+        let config = self.replication_config(Lsn::ZERO);
         let mut repl = ReplicationClient::connect_gated(config)
             .await
             .map_err(|e| self.stream_error(e))?;
